@@ -1,0 +1,1 @@
+//! Portcullis connector and edge service — PLACEHOLDER: not built yet.

@@ -1,0 +1,11 @@
+//! Portcullis core: the pure decision logic of every filter.
+//!
+//! Nothing here talks to a proxy, a socket, a clock or a random source: the
+//! filters pass the current time and random bytes in, and turn the decisions
+//! that come back into host calls. Everything is unit-tested natively.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod identity;
+pub mod path;
+pub mod robots;

@@ -1,0 +1,182 @@
+//! The robots.txt filter's decisions: which requests it answers, and with what.
+
+use crate::config::{check_header_value, parse_json, ConfigError};
+use crate::path;
+use serde::Deserialize;
+
+/// The body every crawler gets.
+pub const ROBOTS_BODY: &str = "User-agent: *\nDisallow: /\n";
+/// The `Content-Type` of [`ROBOTS_BODY`].
+pub const ROBOTS_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// The default `X-Robots-Tag` value added to every response.
+pub const DEFAULT_X_ROBOTS_TAG: &str = "noindex, nofollow";
+
+/// The robots filter's plugin configuration, as written in JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRobotsConfig {
+    /// Add `X-Robots-Tag` to every response (default true).
+    #[serde(default = "default_true")]
+    x_robots_tag: bool,
+    /// The value of `X-Robots-Tag` (default `noindex, nofollow`).
+    #[serde(default)]
+    x_robots_tag_value: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The validated robots configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotsConfig {
+    /// The `X-Robots-Tag` value to set on every response, if any.
+    pub x_robots_tag: Option<String>,
+}
+
+impl Default for RobotsConfig {
+    fn default() -> Self {
+        Self {
+            x_robots_tag: Some(DEFAULT_X_ROBOTS_TAG.to_string()),
+        }
+    }
+}
+
+impl RobotsConfig {
+    /// Parses and validates the plugin configuration (empty means defaults).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawRobotsConfig = parse_json(bytes)?;
+        let value = raw
+            .x_robots_tag_value
+            .unwrap_or_else(|| DEFAULT_X_ROBOTS_TAG.to_string());
+        check_header_value("x_robots_tag_value", &value)?;
+        if value.is_empty() {
+            return Err(ConfigError::new(
+                "x_robots_tag_value",
+                "must not be empty (set `x_robots_tag` to false to turn the header off)",
+            ));
+        }
+        Ok(Self {
+            x_robots_tag: raw.x_robots_tag.then_some(value),
+        })
+    }
+}
+
+/// What the robots filter does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RobotsDecision {
+    /// Answer locally with [`ROBOTS_BODY`]; `with_body` is false for `HEAD`.
+    Serve {
+        /// Whether the response carries the body (false for `HEAD`).
+        with_body: bool,
+    },
+    /// Not a robots request: let it through.
+    PassThrough,
+}
+
+/// Decides whether a request is a robots.txt request: `GET` or `HEAD` of the
+/// normalised path `/robots.txt`, on any host, whatever the query.
+pub fn decide(method: &str, raw_path: &str) -> RobotsDecision {
+    let with_body = match method {
+        "GET" => true,
+        "HEAD" => false,
+        _ => return RobotsDecision::PassThrough,
+    };
+    match path::normalize(raw_path) {
+        Ok(p) if p == "/robots.txt" => RobotsDecision::Serve { with_body },
+        _ => RobotsDecision::PassThrough,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_get_and_head_of_robots_txt() {
+        assert_eq!(
+            decide("GET", "/robots.txt"),
+            RobotsDecision::Serve { with_body: true }
+        );
+        assert_eq!(
+            decide("HEAD", "/robots.txt"),
+            RobotsDecision::Serve { with_body: false }
+        );
+        assert_eq!(
+            decide("GET", "/robots.txt?x=1"),
+            RobotsDecision::Serve { with_body: true }
+        );
+        assert_eq!(
+            decide("GET", "//robots.txt"),
+            RobotsDecision::Serve { with_body: true }
+        );
+        assert_eq!(
+            decide("GET", "/x/../robots.txt"),
+            RobotsDecision::Serve { with_body: true }
+        );
+        assert_eq!(
+            decide("GET", "/%72obots.txt"),
+            RobotsDecision::Serve { with_body: true }
+        );
+    }
+
+    #[test]
+    fn look_alikes_pass_through() {
+        for p in [
+            "/robots.txt/../admin",
+            "/admin#/robots.txt",
+            "/robots.txt;x",
+            "/ROBOTS.TXT",
+            "/robots.txt/",
+            "/robots.txtx",
+            "/robots%2Etxt%2F",
+            "/a%2F..%2Frobots.txt",
+            "robots.txt",
+            "/robots.txt%",
+        ] {
+            assert_eq!(decide("GET", p), RobotsDecision::PassThrough, "{p}");
+        }
+    }
+
+    #[test]
+    fn other_methods_pass_through() {
+        for m in ["POST", "PUT", "DELETE", "OPTIONS", "get", ""] {
+            assert_eq!(decide(m, "/robots.txt"), RobotsDecision::PassThrough, "{m}");
+        }
+    }
+
+    #[test]
+    fn config_defaults() {
+        assert_eq!(
+            RobotsConfig::from_json(b"").unwrap(),
+            RobotsConfig::default()
+        );
+        assert_eq!(
+            RobotsConfig::from_json(b"{}").unwrap(),
+            RobotsConfig::default()
+        );
+    }
+
+    #[test]
+    fn config_can_turn_the_header_off_or_change_it() {
+        let c = RobotsConfig::from_json(br#"{"x_robots_tag": false}"#).unwrap();
+        assert_eq!(c.x_robots_tag, None);
+        let c = RobotsConfig::from_json(br#"{"x_robots_tag_value": "noindex"}"#).unwrap();
+        assert_eq!(c.x_robots_tag.as_deref(), Some("noindex"));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = RobotsConfig::from_json(br#"{"x_robot_tag": false}"#).unwrap_err();
+        assert_eq!(e.field, "x_robot_tag");
+        let e = RobotsConfig::from_json(br#"{"x_robots_tag": "yes"}"#).unwrap_err();
+        assert_eq!(e.field, "x_robots_tag");
+        let e = RobotsConfig::from_json(br#"{"x_robots_tag_value": "a\r\nSet-Cookie: x"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "x_robots_tag_value");
+        let e = RobotsConfig::from_json(br#"{"x_robots_tag_value": ""}"#).unwrap_err();
+        assert_eq!(e.field, "x_robots_tag_value");
+        assert!(RobotsConfig::from_json(b"[]").is_err());
+        assert!(RobotsConfig::from_json(b"{").is_err());
+    }
+}
