@@ -1,4 +1,5 @@
 //! Host tests on the release `portcullis_robots.wasm`: every rule of the robots filter.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use portcullis_host_tests::{Action, Filter, Plugin};
 
