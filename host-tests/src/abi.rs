@@ -737,3 +737,20 @@ fn link_wasi(linker: &mut Linker<HostState>) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_pairs_round_trip() {
+        let pairs = vec![
+            (":path".to_string(), b"/x".to_vec()),
+            ("cookie".to_string(), b"a=1; b=2".to_vec()),
+            ("empty".to_string(), Vec::new()),
+        ];
+        assert_eq!(deserialize_pairs(&serialize_pairs(&pairs)).unwrap(), pairs);
+        assert!(deserialize_pairs(&[]).unwrap().is_empty());
+        assert!(deserialize_pairs(&[1, 0, 0, 0, 5]).is_err());
+    }
+}

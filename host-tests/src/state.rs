@@ -464,3 +464,82 @@ impl HostState {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_compare_and_swap() {
+        let shared = SharedData::default();
+        assert!(shared.get("k").is_none());
+        assert!(shared.set("k", b"a".to_vec(), 0));
+        let (v, cas) = shared.get("k").unwrap();
+        assert_eq!(v, b"a");
+        assert!(shared.set("k", b"b".to_vec(), cas));
+        assert!(!shared.set("k", b"c".to_vec(), cas), "stale CAS must fail");
+        assert_eq!(shared.get("k").unwrap().0, b"b");
+        // A clone is the same store (another worker VM).
+        let other = shared.clone();
+        assert_eq!(other.get("k").unwrap().0, b"b");
+    }
+
+    #[test]
+    fn shared_queues() {
+        let shared = SharedData::default();
+        let id = shared.register_queue("q");
+        assert_eq!(shared.register_queue("q"), id);
+        assert_eq!(shared.resolve_queue("q"), Some(id));
+        assert_eq!(shared.resolve_queue("nope"), None);
+        assert_eq!(shared.dequeue(id), Some(None));
+        assert!(shared.enqueue(id, b"1".to_vec()));
+        assert!(shared.enqueue(id, b"2".to_vec()));
+        assert_eq!(shared.dequeue(id), Some(Some(b"1".to_vec())));
+        assert_eq!(shared.dequeue(id), Some(Some(b"2".to_vec())));
+        assert_eq!(shared.dequeue(99), None);
+        assert!(!shared.enqueue(99, vec![]));
+    }
+
+    #[test]
+    fn random_bytes_are_deterministic_per_seed() {
+        let mut a = HostState {
+            rng: 7,
+            ..HostState::default()
+        };
+        let mut b = HostState {
+            rng: 7,
+            ..HostState::default()
+        };
+        assert_eq!(a.random_bytes(33), b.random_bytes(33));
+        assert_ne!(a.random_bytes(16), vec![0; 16]);
+    }
+
+    #[test]
+    fn properties_derive_from_headers_and_filter_state() {
+        let mut s = HostState::default();
+        s.streams.insert(
+            5,
+            StreamState {
+                request_headers: vec![
+                    (":path".into(), b"/a?b".to_vec()),
+                    ("x-request-id".into(), b"rid".to_vec()),
+                ],
+                ..StreamState::default()
+            },
+        );
+        s.effective_context = 5;
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(s.property(&p(&["request", "path"])), Some(b"/a?b".to_vec()));
+        assert_eq!(
+            s.property(&p(&["request", "url_path"])),
+            Some(b"/a".to_vec())
+        );
+        assert_eq!(s.property(&p(&["request", "id"])), Some(b"rid".to_vec()));
+        assert_eq!(s.property(&p(&["nope"])), None);
+        s.set_property(&p(&["portcullis_identity"]), b"x".to_vec());
+        assert_eq!(
+            s.property(&p(&["portcullis_identity"])),
+            Some(b"x".to_vec())
+        );
+    }
+}
