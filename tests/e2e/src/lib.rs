@@ -3,6 +3,7 @@
 //! that stands behind it.
 
 pub mod envoy;
+pub mod idp;
 pub mod sample_app;
 
 use std::net::TcpListener;

@@ -75,7 +75,9 @@ impl SampleApp {
 
 impl std::fmt::Debug for SampleApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SampleApp").field("addr", &self.addr).finish()
+        f.debug_struct("SampleApp")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
