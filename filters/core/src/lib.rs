@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod cookies;
 pub mod identity;
 pub mod path;
 pub mod robots;
