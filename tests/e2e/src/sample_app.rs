@@ -16,7 +16,7 @@ pub struct SampleApp {
     hits: Arc<Mutex<BTreeMap<String, u64>>>,
     server: Arc<Server>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl SampleApp {
@@ -29,28 +29,31 @@ impl SampleApp {
             .ok_or_else(|| anyhow::anyhow!("not an IP listener"))?;
         let hits: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (server, hits, stop, name) = (
-                Arc::clone(&server),
-                Arc::clone(&hits),
-                Arc::clone(&stop),
-                name.to_string(),
-            );
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+        // A few handler threads, so the app is never the bottleneck of a benchmark.
+        let threads = (0..4)
+            .map(|_| {
+                let (server, hits, stop, name) = (
+                    Arc::clone(&server),
+                    Arc::clone(&hits),
+                    Arc::clone(&stop),
+                    name.to_string(),
+                );
+                std::thread::spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        handle(request, &hits, &name);
                     }
-                    handle(request, &hits, &name);
-                }
+                })
             })
-        };
+            .collect();
         Ok(Self {
             addr,
             hits,
             server,
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -84,8 +87,10 @@ impl std::fmt::Debug for SampleApp {
 impl Drop for SampleApp {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -103,7 +108,11 @@ fn handle(mut request: tiny_http::Request, hits: &Mutex<BTreeMap<String, u64>>, 
     }
     let mut body_in = Vec::new();
     let _ = std::io::Read::read_to_end(request.as_reader(), &mut body_in);
-    let response = if path == "/headers" {
+    let response = if path == "/1k" {
+        // A fixed 1 KiB body: the benchmark's upstream.
+        Response::from_string("x".repeat(1023) + "\n")
+            .add_header(header("content-type", "text/plain"))
+    } else if path == "/headers" {
         let mut headers = serde_json::Map::new();
         let mut cookies = serde_json::Map::new();
         for h in request.headers() {
