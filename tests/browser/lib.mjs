@@ -79,8 +79,9 @@ export async function clickAndWaitForLoad(page, selector) {
 
 /** Which provider page is shown: 'login', 'otp', 'logout', 'logged-out', 'error', or null. */
 export async function idpPage(page) {
-  const id = await page.locator('main[data-page]').first().getAttribute('data-page', { timeout: 1000 })
-    .catch(() => null);
+  const main = page.locator('main[data-idp][data-page]');
+  if ((await main.count()) === 0) return null;
+  const id = await main.first().getAttribute('data-page');
   return id ? id.replace(/-page$/, '') : null;
 }
 
@@ -94,14 +95,16 @@ export class SignInError extends Error {
 }
 
 /**
- * Signs in on the demo provider's pages. The page must be on (or navigating to) the provider's
- * login page or, for a step-up with an existing session, its one-time code page.
+ * Signs in on the demo provider's pages. Call it once the navigation that may lead to the provider
+ * has loaded (`page.goto` waits for that). The page is then on the provider's login page, on its
+ * one-time code page (step-up with an existing session), or already back on the application
+ * (the provider's session sufficed: nothing is filled in).
  * `otp` is needed for MFA users (demo code 123456). Resolves when the browser has left the
  * provider (usually landed back on the application) and returns
- * `{ url, steps }` where steps lists the pages filled in, e.g. ['login', 'otp'].
+ * `{ url, steps }` where steps lists the pages filled in, e.g. ['login', 'otp'], or [] for none.
  */
 export async function signIn(page, { user, password, otp } = {}) {
-  await page.waitForSelector('#login-page, #otp-page, #error-page');
+  await page.waitForLoadState('load');
   const steps = [];
   for (let i = 0; i < 4; i += 1) {
     const which = await idpPage(page);

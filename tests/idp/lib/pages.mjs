@@ -31,7 +31,7 @@ function layout(title, pageId, inner) {
 <style>${STYLE}</style>
 </head>
 <body>
-<main id="${pageId}" data-page="${pageId}">
+<main id="${pageId}" data-page="${pageId}" data-idp="portcullis-demo">
 <h1>${esc(title)}</h1>
 ${inner}
 </main>
