@@ -45,11 +45,15 @@ function checkKeys(obj, field, allowed) {
   }
 }
 
+function at(field, key) {
+  return field ? `${field}.${key}` : key;
+}
+
 function str(obj, key, field, { required = true } = {}) {
   const v = obj[key];
   if (v === undefined && !required) return undefined;
   if (typeof v !== 'string' || v.length === 0) {
-    throw new ConfigError(`${field}.${key}`, 'must be a non-empty string');
+    throw new ConfigError(at(field, key), 'must be a non-empty string');
   }
   return v;
 }
@@ -57,12 +61,12 @@ function str(obj, key, field, { required = true } = {}) {
 function strList(obj, key, field, { required = true, check } = {}) {
   const v = obj[key];
   if (v === undefined && !required) return [];
-  if (!Array.isArray(v)) throw new ConfigError(`${field}.${key}`, 'must be an array of strings');
+  if (!Array.isArray(v)) throw new ConfigError(at(field, key), 'must be an array of strings');
   v.forEach((item, i) => {
     if (typeof item !== 'string' || item.length === 0) {
-      throw new ConfigError(`${field}.${key}[${i}]`, 'must be a non-empty string');
+      throw new ConfigError(`${at(field, key)}[${i}]`, 'must be a non-empty string');
     }
-    if (check) check(item, `${field}.${key}[${i}]`);
+    if (check) check(item, `${at(field, key)}[${i}]`);
   });
   return [...v];
 }

@@ -136,6 +136,9 @@ export async function startIdp({
     },
     jwks: { keys },
     cookies: {
+      // Browsers share cookies across ports of one host: apps on 127.0.0.1:10000 receive these too,
+      // so they get names that say whose they are.
+      names: { session: 'idp_session', interaction: 'idp_interaction', resume: 'idp_interaction_resume' },
       keys: [randomBytes(32).toString('base64url')],
       long: { httpOnly: true, sameSite: 'lax' },
       short: { httpOnly: true, sameSite: 'lax' },

@@ -120,7 +120,7 @@ describe('demo OpenID provider', () => {
 
   it('sets its own cookies HttpOnly and SameSite=Lax on plain HTTP', async () => {
     const cookies = await cookiesFor(browser.context, `${idp.issuer}/`);
-    const session = cookies.find((c) => c.name === '_session');
+    const session = cookies.find((c) => c.name === 'idp_session');
     assert.ok(session, 'session cookie');
     assert.equal(session.httpOnly, true);
     assert.equal(session.sameSite, 'Lax');
