@@ -17,3 +17,9 @@ setup:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+bench:
+	scripts/setup.sh
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	scripts/build.sh
+	scripts/bench.py $(BENCH_ARGS)
