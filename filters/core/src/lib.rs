@@ -7,6 +7,10 @@
 
 pub mod config;
 pub mod cookies;
+pub mod denial;
 pub mod identity;
+pub mod oidc;
 pub mod path;
+pub mod redirect;
 pub mod robots;
+pub mod seal;

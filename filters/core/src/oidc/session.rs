@@ -1,0 +1,454 @@
+//! The session: identity built from a validated ID token, its compact sealed
+//! form in the session cookie, cookie headers, and identity headers for the app.
+
+use super::config::{AppConfig, CookieSettings, OidcSettings};
+use super::token::ValidatedToken;
+use crate::identity::Identity;
+use crate::seal::{OpenError, SealError, Sealer, NONCE_LEN};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest value kept for a single string claim, bytes.
+const MAX_CLAIM_LEN: usize = 512;
+
+/// The compact payload sealed in the session cookie (short keys).
+#[derive(Serialize, Deserialize)]
+struct CompactIdentity {
+    s: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    g: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    m: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    c: BTreeMap<String, String>,
+    i: u64,
+    x: u64,
+}
+
+/// Encodes an identity compactly (JSON with one-letter keys).
+pub fn encode_identity(id: &Identity) -> Vec<u8> {
+    let c = CompactIdentity {
+        s: id.sub.clone(),
+        n: id.name.clone(),
+        e: id.email.clone(),
+        g: id.groups.clone(),
+        m: id.amr.clone(),
+        a: id.acr.clone(),
+        t: id.auth_time,
+        c: id.claims.clone(),
+        i: id.iat,
+        x: id.exp,
+    };
+    serde_json::to_vec(&c).unwrap_or_default()
+}
+
+/// Decodes [`encode_identity`]'s output.
+pub fn decode_identity(bytes: &[u8]) -> Option<Identity> {
+    let c: CompactIdentity = serde_json::from_slice(bytes).ok()?;
+    Some(Identity {
+        sub: c.s,
+        name: c.n,
+        email: c.e,
+        groups: c.g,
+        amr: c.m,
+        acr: c.a,
+        auth_time: c.t,
+        claims: c.c,
+        iat: c.i,
+        exp: c.x,
+    })
+}
+
+/// Why a session cookie does not give a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// The cookie could not be opened or decoded (every reason alike).
+    Invalid,
+    /// The session's expiry has passed.
+    Expired,
+}
+
+/// Seals `identity` for the app's session cookie with the caller's random `nonce`.
+pub fn seal_session(
+    app_id: &str,
+    settings: &OidcSettings,
+    identity: &Identity,
+    nonce: [u8; NONCE_LEN],
+) -> Result<String, SealError> {
+    settings.sealer.seal(
+        &settings.cookie.name,
+        app_id,
+        &encode_identity(identity),
+        nonce,
+    )
+}
+
+/// Opens a session cookie value and checks its expiry against `now`.
+pub fn open_session(
+    sealer: &Sealer,
+    cookie_name: &str,
+    app_id: &str,
+    value: &str,
+    now: u64,
+) -> Result<Identity, SessionError> {
+    let bytes = sealer
+        .open(cookie_name, app_id, value)
+        .map_err(|OpenError| SessionError::Invalid)?;
+    let id = decode_identity(&bytes).ok_or(SessionError::Invalid)?;
+    if now >= id.exp {
+        return Err(SessionError::Expired);
+    }
+    Ok(id)
+}
+
+fn claim_string(v: &serde_json::Value) -> Option<String> {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => return None,
+    };
+    if s.len() > MAX_CLAIM_LEN {
+        return None;
+    }
+    Some(s)
+}
+
+fn string_list(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .filter(|s| s.len() <= MAX_CLAIM_LEN)
+            .map(str::to_string)
+            .collect(),
+        Some(serde_json::Value::String(s)) if s.len() <= MAX_CLAIM_LEN => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// Claims kept in dedicated identity fields (never copied into `claims`).
+const STANDARD_CLAIMS: &[&str] = &[
+    "sub",
+    "email",
+    "preferred_username",
+    "upn",
+    "name",
+    "amr",
+    "acr",
+    "auth_time",
+];
+
+/// Builds the session identity from a validated ID token at `now`:
+/// only what some decision or header needs; expiry = min(token `exp`, now + max session).
+pub fn identity_from_token(settings: &OidcSettings, token: &ValidatedToken, now: u64) -> Identity {
+    let x = &token.extra;
+    let str_claim = |name: &str| {
+        x.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= MAX_CLAIM_LEN)
+            .map(str::to_string)
+    };
+    let mut groups = string_list(x.get(&settings.groups_claim));
+    if let Some(keep) = &settings.policy_groups {
+        groups.retain(|g| keep.contains(g));
+    }
+    let mut claims = BTreeMap::new();
+    for (_, claim) in &settings.claim_headers {
+        if STANDARD_CLAIMS.contains(&claim.as_str()) || *claim == settings.groups_claim {
+            continue;
+        }
+        if let Some(v) = x.get(claim).and_then(claim_string) {
+            claims.insert(claim.clone(), v);
+        }
+    }
+    Identity {
+        sub: token.subject.clone(),
+        name: str_claim("preferred_username")
+            .or_else(|| str_claim("upn"))
+            .or_else(|| str_claim("name")),
+        email: str_claim("email"),
+        groups,
+        amr: string_list(x.get("amr")),
+        acr: str_claim("acr"),
+        auth_time: x.get("auth_time").and_then(|v| v.as_u64()),
+        claims,
+        iat: now,
+        exp: token
+            .expires_at
+            .min(now.saturating_add(settings.max_session_secs)),
+    }
+}
+
+/// Removes characters that cannot travel in a header value (controls, DEL).
+fn header_safe(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// The value of `claim` for the identity headers.
+pub fn identity_claim(settings: &OidcSettings, id: &Identity, claim: &str) -> Option<String> {
+    let v = match claim {
+        "sub" => Some(id.sub.clone()),
+        "email" => id.email.clone(),
+        "preferred_username" | "upn" | "name" => id.name.clone(),
+        "amr" => (!id.amr.is_empty()).then(|| id.amr.join(",")),
+        "acr" => id.acr.clone(),
+        "auth_time" => id.auth_time.map(|t| t.to_string()),
+        c if c == settings.groups_claim || c == "groups" => {
+            (!id.groups.is_empty()).then(|| id.groups.join(","))
+        }
+        c => id.claims.get(c).cloned(),
+    }?;
+    let v = header_safe(&v);
+    (!v.is_empty()).then_some(v)
+}
+
+/// The identity headers for the app, from the claim → header mapping.
+pub fn identity_headers(settings: &OidcSettings, id: &Identity) -> Vec<(String, String)> {
+    settings
+        .claim_headers
+        .iter()
+        .filter_map(|(h, c)| identity_claim(settings, id, c).map(|v| (h.clone(), v)))
+        .collect()
+}
+
+fn attributes(cookie: &CookieSettings) -> String {
+    let mut a = String::from("; Path=/");
+    if cookie.secure {
+        a.push_str("; Secure");
+    }
+    if cookie.http_only {
+        a.push_str("; HttpOnly");
+    }
+    a.push_str("; SameSite=Lax");
+    a
+}
+
+/// `Set-Cookie` for a session (or login-state) cookie `name=value`; with
+/// `max_age` the cookie persists, without it lives as long as the browser session.
+pub fn set_cookie(
+    cookie: &CookieSettings,
+    name: &str,
+    value: &str,
+    max_age: Option<u64>,
+) -> String {
+    let mut s = format!("{name}={value}{}", attributes(cookie));
+    if let Some(m) = max_age {
+        s.push_str(&format!("; Max-Age={m}"));
+    }
+    s
+}
+
+/// `Set-Cookie` that deletes cookie `name`.
+pub fn clear_cookie(cookie: &CookieSettings, name: &str) -> String {
+    format!("{name}={}; Max-Age=0", attributes(cookie))
+}
+
+/// Every value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(h, _)| h.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+        .collect()
+}
+
+/// Opens the app's session from the request's cookies: the first cookie of
+/// the configured name that opens wins; otherwise the "worst" error.
+pub fn session_from_headers(
+    app: &AppConfig,
+    settings: &OidcSettings,
+    headers: &[(String, String)],
+    now: u64,
+) -> Option<Result<Identity, SessionError>> {
+    let values = cookie_values(headers, &settings.cookie.name);
+    if values.is_empty() {
+        return None;
+    }
+    let mut err = SessionError::Invalid;
+    for v in values {
+        match open_session(&settings.sealer, &settings.cookie.name, &app.id, v, now) {
+            Ok(id) => return Some(Ok(id)),
+            Err(SessionError::Expired) => err = SessionError::Expired,
+            Err(SessionError::Invalid) => {}
+        }
+    }
+    Some(Err(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oidc::config::tests::minimal;
+    use crate::oidc::config::PreauthConfig;
+
+    fn app() -> AppConfig {
+        PreauthConfig::from_json(minimal().as_bytes())
+            .unwrap()
+            .apps
+            .remove(0)
+    }
+
+    fn alice(groups: usize) -> Identity {
+        Identity {
+            sub: "00000000-1111-2222-3333-444444444444".into(),
+            name: Some("alice.anderson@contoso.example".into()),
+            email: Some("alice.anderson@contoso.example".into()),
+            groups: (0..groups)
+                .map(|i| format!("5d3e1c2a-7b8f-4e6d-9a0b-{i:012}"))
+                .collect(),
+            amr: vec!["pwd".into(), "mfa".into()],
+            acr: Some("urn:mace:incommon:iap:silver".into()),
+            auth_time: Some(1_800_000_000),
+            claims: BTreeMap::new(),
+            iat: 1_800_000_000,
+            exp: 1_800_003_600,
+        }
+    }
+
+    #[test]
+    fn compact_round_trip() {
+        let id = alice(3);
+        assert_eq!(decode_identity(&encode_identity(&id)).unwrap(), id);
+        assert!(decode_identity(b"{}").is_none());
+    }
+
+    #[test]
+    fn sealed_size_with_20_groups() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let v = seal_session(&app.id, s, &alice(20), [9; 12]).unwrap();
+        let cookie = set_cookie(&s.cookie, &s.cookie.name, &v, None);
+        // Twenty GUID groups (36 characters each) must fit well under 4 KiB.
+        println!(
+            "sealed session with 20 GUID groups: value {} bytes, Set-Cookie {} bytes",
+            v.len(),
+            cookie.len()
+        );
+        assert!(cookie.len() < 2000, "{}", cookie.len());
+        // A user with hundreds of groups fails clearly instead of breaking the browser.
+        match seal_session(&app.id, s, &alice(200), [9; 12]) {
+            Err(SealError::TooLarge { size, .. }) => assert!(size > 4000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_expiry_and_tamper() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let id = alice(1);
+        let v = seal_session(&app.id, s, &id, [1; 12]).unwrap();
+        let open = |v: &str, now| open_session(&s.sealer, &s.cookie.name, &app.id, v, now);
+        assert_eq!(open(&v, id.exp - 1).unwrap(), id);
+        assert_eq!(open(&v, id.exp), Err(SessionError::Expired));
+        assert_eq!(open(&v[..v.len() - 1], id.iat), Err(SessionError::Invalid));
+        assert_eq!(
+            open_session(&s.sealer, &s.cookie.name, "other-app", &v, id.iat),
+            Err(SessionError::Invalid)
+        );
+        // Cookies from headers: a bad one next to a good one still opens.
+        let headers = vec![
+            (
+                "Cookie".to_string(),
+                format!("a=b; {}=garbage", s.cookie.name),
+            ),
+            ("cookie".to_string(), format!("{}={v}", s.cookie.name)),
+        ];
+        assert_eq!(
+            session_from_headers(&app, s, &headers, id.iat)
+                .unwrap()
+                .unwrap(),
+            id
+        );
+        assert!(session_from_headers(&app, s, &[], id.iat).is_none());
+        let bad = vec![("cookie".to_string(), format!("{}=garbage", s.cookie.name))];
+        assert_eq!(
+            session_from_headers(&app, s, &bad, id.iat).unwrap(),
+            Err(SessionError::Invalid)
+        );
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        assert_eq!(
+            set_cookie(&s.cookie, "__Host-portcullis", "v", None),
+            "__Host-portcullis=v; Path=/; Secure; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            set_cookie(&s.cookie, "n", "v", Some(60)),
+            "n=v; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=60"
+        );
+        assert!(clear_cookie(&s.cookie, "n").starts_with("n=; Path=/"));
+        assert!(clear_cookie(&s.cookie, "n").ends_with("Max-Age=0"));
+    }
+
+    #[test]
+    fn headers_from_identity() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let mut id = alice(2);
+        id.name = Some("ali\r\nce".into());
+        let h = identity_headers(s, &id);
+        assert!(h.contains(&("x-forwarded-user".into(), id.sub.clone())));
+        assert!(h.contains(&("x-forwarded-preferred-username".into(), "alice".into())));
+        assert!(h
+            .iter()
+            .any(|(n, v)| n == "x-forwarded-groups" && v.contains(',')));
+    }
+
+    #[test]
+    fn identity_from_token_keeps_only_what_is_needed() {
+        let mut app = app();
+        let s = app.oidc.as_mut().unwrap();
+        s.policy_groups = Some(vec!["admins".into()]);
+        s.claim_headers.push(("x-dept".into(), "department".into()));
+        s.max_session_secs = 600;
+        let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"email":"a@x","upn":"a@x.example","groups":["admins","staff"],"amr":["pwd"],
+            "department":"R&D","huge":"ignored","auth_time":5}"#,
+        )
+        .unwrap();
+        let t = ValidatedToken {
+            subject: "a".into(),
+            issued_at: 100,
+            expires_at: 10_000,
+            extra,
+        };
+        let id = identity_from_token(s, &t, 100);
+        assert_eq!(id.groups, vec!["admins"]);
+        assert_eq!(id.name.as_deref(), Some("a@x.example"));
+        assert_eq!(id.exp, 700);
+        assert_eq!(id.auth_time, Some(5));
+        assert_eq!(id.claims.get("department").map(String::as_str), Some("R&D"));
+        assert!(!id.claims.contains_key("huge"));
+    }
+}

@@ -1,0 +1,610 @@
+//! Whole-flow tests of the preauth decisions.
+
+use super::config::tests::KEY_B64;
+use super::token::tests::{claims_at, key_set, keys, CLIENT, ISS, NOW};
+use super::*;
+use jwt_simple::prelude::*;
+
+fn config_json(extra: &str) -> String {
+    format!(
+        r#"{{"apps":[
+        {{"id":"hr","hosts":["hr.localhost"],"issuer":"{ISS}","client_id":"{CLIENT}",
+          "client_secret":"s3cret","cluster":"idp","discovery":false,
+          "authorization_endpoint":"{ISS}/auth","token_endpoint":"{ISS}/token",
+          "jwks_uri":"{ISS}/jwks","end_session_endpoint":"{ISS}/logout",
+          "sealing_keys":["{KEY_B64}"],"unauthenticated_paths":["/public/"]{extra}}},
+        {{"id":"open","hosts":["open.localhost"],"mode":"passthrough"}}]}}"#
+    )
+}
+
+fn config() -> PreauthConfig {
+    PreauthConfig::from_json(config_json("").as_bytes()).unwrap()
+}
+
+fn metadata(c: &PreauthConfig) -> ProviderMetadata {
+    match &c.apps[0].oidc.as_ref().unwrap().endpoints {
+        config::Endpoints::Explicit(m) => (**m).clone(),
+        config::Endpoints::Discover(_) => unreachable!(),
+    }
+}
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
+
+/// A deterministic "random" source: different for every call in a test run.
+fn counter() -> impl FnMut(&mut [u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(1);
+    move |buf: &mut [u8]| {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> ((i % 8) * 8)) as u8 ^ (i as u8);
+        }
+    }
+}
+
+struct World {
+    config: PreauthConfig,
+    owned: Vec<String>,
+    metadata: ProviderMetadata,
+    keys: KeySet,
+}
+
+impl World {
+    fn new() -> World {
+        let config = config();
+        World {
+            owned: owned_headers(&config),
+            metadata: metadata(&config),
+            keys: key_set(),
+            config,
+        }
+    }
+
+    fn provider(&self) -> Provider<'_> {
+        Provider {
+            metadata: Some(&self.metadata),
+            keys: Some(&self.keys),
+        }
+    }
+
+    fn request(&self, host: &str, path: &str, headers: &[(String, String)]) -> Decision {
+        let req = RequestView {
+            method: "GET",
+            path,
+            host,
+            headers,
+            request_id: "req-1",
+        };
+        on_request(
+            &self.config,
+            &self.owned,
+            &req,
+            self.provider(),
+            NOW,
+            &mut counter(),
+        )
+    }
+}
+
+fn respond(d: Decision) -> Response {
+    match d {
+        Decision::Respond { response, .. } => response,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn set_cookies(r: &Response) -> Vec<String> {
+    r.headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+fn param(url: &str, name: &str) -> Option<String> {
+    url::query_param(&url::query_params(&url[url.find('?').unwrap()..]), name)
+}
+
+/// Runs login → callback; returns the callback decision and the state cookie pair.
+fn login_and_callback(w: &World, original: &str) -> (Decision, String, String) {
+    let r = respond(w.request("hr.localhost", original, &h(&[HTML])));
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap().to_string();
+    let state = param(&location, "state").unwrap();
+    let state_cookie = cookie_pair(&set_cookies(&r)[0]);
+    let path = format!(
+        "/.auth/callback?code=c0de&state={}",
+        url::percent_encode(&state)
+    );
+    let d = w.request(
+        "hr.localhost",
+        &path,
+        &h(&[HTML, ("cookie", &state_cookie)]),
+    );
+    (d, state_cookie, param(&location, "nonce").unwrap())
+}
+
+fn id_token(nonce: &str) -> String {
+    keys().rsa.sign(claims_at(NOW).with_nonce(nonce)).unwrap()
+}
+
+fn token_body(token: &str) -> Vec<u8> {
+    format!(r#"{{"id_token":"{token}","access_token":"at","token_type":"Bearer"}}"#).into_bytes()
+}
+
+#[test]
+fn whole_flow_sets_session_and_passes_identity() {
+    let w = World::new();
+    let (d, state_cookie, nonce) = login_and_callback(&w, "/reports?q=1");
+    let Decision::ExchangeCode { call, pending } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(call.cluster, "idp");
+    assert!(call
+        .headers
+        .contains(&(":path".to_string(), "/token".to_string())));
+    let body = String::from_utf8(call.body.clone()).unwrap();
+    assert!(body.contains("grant_type=authorization_code"));
+    assert!(body.contains("code=c0de"));
+    assert!(body.contains(&format!("code_verifier={}", pending.login.verifier)));
+    assert!(body.contains("redirect_uri=https%3A%2F%2Fhr.localhost%2F.auth%2Fcallback"));
+    assert!(call
+        .headers
+        .iter()
+        .any(|(n, v)| n == "authorization" && v.starts_with("Basic ")));
+
+    let outcome = finish_login(
+        &w.config,
+        &pending,
+        Some(200),
+        &token_body(&id_token(&nonce)),
+        Some(&w.keys),
+        NOW,
+        &mut counter(),
+    );
+    let LoginOutcome::Respond(r) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("/reports?q=1"));
+    let cookies = set_cookies(&r);
+    assert!(cookies[0].starts_with("__Host-portcullis="));
+    assert!(cookies[0].contains("; Secure; HttpOnly; SameSite=Lax"));
+    assert!(!cookies[0].contains("Max-Age"));
+    let state_name = state_cookie.split('=').next().unwrap();
+    assert!(cookies[1].starts_with(&format!("{state_name}=;")));
+    assert!(cookies[1].contains("Max-Age=0"));
+
+    // The next request carries the session; spoofed identity headers go.
+    let session = cookie_pair(&cookies[0]);
+    let d = w.request(
+        "hr.localhost",
+        "/reports",
+        &h(&[
+            HTML,
+            ("cookie", &session),
+            ("X-Forwarded-User", "mallory"),
+            ("x_forwarded_email", "m@evil"),
+            ("X-Portcullis-Identity", "forged"),
+        ]),
+    );
+    let Decision::Continue {
+        remove,
+        add,
+        identity,
+        app_id,
+    } = d
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        remove,
+        vec![
+            "X-Forwarded-User",
+            "x_forwarded_email",
+            "X-Portcullis-Identity"
+        ]
+    );
+    assert!(add.contains(&("x-forwarded-user".into(), "alice-sub".into())));
+    assert!(add.contains(&("x-forwarded-email".into(), "alice@example.com".into())));
+    assert_eq!(identity.unwrap().sub, "alice-sub");
+    assert_eq!(app_id.as_deref(), Some("hr"));
+
+    // /.auth/me shows the identity.
+    let r = respond(w.request("hr.localhost", "/.auth/me", &h(&[("cookie", &session)])));
+    assert_eq!(r.status, 200);
+    let me: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(me["sub"], "alice-sub");
+    assert_eq!(me["exp"], NOW + 3600);
+}
+
+#[test]
+fn navigation_redirects_and_api_calls_get_401_json() {
+    let w = World::new();
+    let r = respond(w.request("hr.localhost", "/x", &h(&[HTML])));
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap();
+    assert!(loc.starts_with(&format!("{ISS}/auth?")));
+    assert_eq!(param(loc, "code_challenge_method").as_deref(), Some("S256"));
+    let sc = &set_cookies(&r)[0];
+    assert!(sc.starts_with("__Host-portcullis-login-"));
+    assert!(sc.contains("Max-Age=600"));
+
+    for headers in [
+        h(&[("accept", "application/json")]),
+        h(&[]),
+        h(&[HTML, ("X-Requested-With", "XMLHttpRequest")]),
+    ] {
+        let r = respond(w.request("hr.localhost", "/api", &headers));
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "login_required");
+        assert_eq!(v["request_id"], "req-1");
+    }
+}
+
+#[test]
+fn original_url_is_kept_only_when_safe() {
+    let w = World::new();
+    let (d, _, _) = login_and_callback(&w, "/a/b?c=d");
+    let Decision::ExchangeCode { pending, .. } = d else {
+        panic!()
+    };
+    assert_eq!(pending.login.return_to, "/a/b?c=d");
+    // A crafted /.auth/login?rd= is refused.
+    for rd in ["//evil.com", "https://evil.com", "/%2F%2Fevil", "/\\evil"] {
+        let path = format!("/.auth/login?rd={}", url::percent_encode(rd));
+        let r = respond(w.request("hr.localhost", &path, &h(&[HTML])));
+        assert_eq!(r.status, 400, "{rd}");
+        assert!(String::from_utf8_lossy(&r.body).contains("redirect_invalid"));
+    }
+    let r = respond(w.request(
+        "hr.localhost",
+        "/.auth/login?rd=%2Fok%3Fx%3D1&acr=mfa&max_age=0",
+        &h(&[HTML]),
+    ));
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap();
+    assert_eq!(param(loc, "prompt").as_deref(), Some("login"));
+    assert_eq!(param(loc, "acr_values").as_deref(), Some("mfa"));
+}
+
+#[test]
+fn parallel_logins_do_not_clobber_each_other() {
+    let w = World::new();
+    let (d1, c1, _) = login_and_callback(&w, "/one");
+    let (d2, c2, _) = login_and_callback(&w, "/two");
+    assert_ne!(c1.split('=').next(), c2.split('=').next());
+    let (Decision::ExchangeCode { pending: p1, .. }, Decision::ExchangeCode { pending: p2, .. }) =
+        (d1, d2)
+    else {
+        panic!()
+    };
+    assert_eq!(p1.login.return_to, "/one");
+    assert_eq!(p2.login.return_to, "/two");
+}
+
+#[test]
+fn callback_state_checks() {
+    let w = World::new();
+    let r = respond(w.request("hr.localhost", "/x", &h(&[HTML])));
+    let loc = r.header("location").unwrap().to_string();
+    let state = param(&loc, "state").unwrap();
+    let cookie = cookie_pair(&set_cookies(&r)[0]);
+    let cb = |path: &str, cookies: &str| {
+        let mut headers = h(&[HTML]);
+        if !cookies.is_empty() {
+            headers.push(("cookie".into(), cookies.into()));
+        }
+        respond(w.request("hr.localhost", path, &headers))
+    };
+    let code_of = |r: &Response| String::from_utf8_lossy(&r.body).to_string();
+
+    // No state cookie at all.
+    let r = cb(&format!("/.auth/callback?code=x&state={state}"), "");
+    assert!(code_of(&r).contains("state_missing"));
+    // No state parameter.
+    let r = cb("/.auth/callback?code=x", &cookie);
+    assert!(code_of(&r).contains("state_missing"));
+    // Another state: its cookie name differs, so the cookie is missing.
+    let r = cb("/.auth/callback?code=x&state=forged", &cookie);
+    assert!(code_of(&r).contains("state_missing"));
+    // The right cookie name with a tampered value.
+    let name = cookie.split('=').next().unwrap();
+    let r = cb(
+        &format!("/.auth/callback?code=x&state={state}"),
+        &format!("{name}=AAAA"),
+    );
+    assert_eq!(r.status, 400);
+    assert!(code_of(&r).contains("state_mismatch"));
+    // A state cookie sealed for another app does not open here.
+    let mut other = config();
+    other.apps[0].id = "payroll".into();
+    let other_world = World {
+        owned: owned_headers(&other),
+        metadata: metadata(&other),
+        keys: key_set(),
+        config: other,
+    };
+    let r2 = respond(other_world.request("hr.localhost", "/x", &h(&[HTML])));
+    let s2 = param(r2.header("location").unwrap(), "state").unwrap();
+    let c2 = cookie_pair(&set_cookies(&r2)[0]);
+    let r = cb(&format!("/.auth/callback?code=x&state={s2}"), &c2);
+    assert!(code_of(&r).contains("state_mismatch"));
+    // The provider's error is named.
+    let r = cb(
+        &format!("/.auth/callback?error=access_denied&state={state}"),
+        &cookie,
+    );
+    assert_eq!(r.status, 401);
+    assert!(code_of(&r).contains("idp_error:access_denied"));
+    assert!(set_cookies(&r)[0].contains("Max-Age=0"));
+}
+
+#[test]
+fn expired_login_state_is_refused() {
+    let w = World::new();
+    let r = respond(w.request("hr.localhost", "/x", &h(&[HTML])));
+    let state = param(r.header("location").unwrap(), "state").unwrap();
+    let cookie = cookie_pair(&set_cookies(&r)[0]);
+    let headers = h(&[HTML, ("cookie", &cookie)]);
+    let path = format!("/.auth/callback?code=x&state={state}");
+    let req = RequestView {
+        method: "GET",
+        path: &path,
+        host: "hr.localhost",
+        headers: &headers,
+        request_id: "r",
+    };
+    let d = on_request(
+        &w.config,
+        &w.owned,
+        &req,
+        w.provider(),
+        NOW + 601,
+        &mut counter(),
+    );
+    assert!(String::from_utf8_lossy(&respond(d).body).contains("state_missing"));
+}
+
+#[test]
+fn token_exchange_failures_and_token_checks_deny() {
+    let w = World::new();
+    let (d, _, nonce) = login_and_callback(&w, "/x");
+    let Decision::ExchangeCode { pending, .. } = d else {
+        panic!()
+    };
+    let finish = |status: Option<u16>, body: &[u8], keys: Option<&KeySet>| {
+        finish_login(&w.config, &pending, status, body, keys, NOW, &mut counter())
+    };
+    let denied = |o: LoginOutcome, code: &str| match o {
+        LoginOutcome::Respond(r) => {
+            assert!(String::from_utf8_lossy(&r.body).contains(code), "{code}");
+            r.status
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        denied(
+            finish(Some(400), br#"{"error":"invalid_grant"}"#, Some(&w.keys)),
+            "token_exchange_failed"
+        ),
+        502
+    );
+    denied(finish(None, b"", Some(&w.keys)), "token_exchange_failed");
+    denied(
+        finish(Some(200), b"{}", Some(&w.keys)),
+        "token_exchange_failed",
+    );
+    denied(
+        finish(Some(200), &token_body(&id_token("wrong")), Some(&w.keys)),
+        "nonce_mismatch",
+    );
+    let expired = keys()
+        .rsa
+        .sign(claims_at(NOW - 4000).with_nonce(&nonce))
+        .unwrap();
+    denied(
+        finish(Some(200), &token_body(&expired), Some(&w.keys)),
+        "token_expired",
+    );
+    // Unknown kid: the glue is asked to refetch the keys.
+    let rotated = keys()
+        .rsa
+        .clone()
+        .with_key_id("new")
+        .sign(claims_at(NOW).with_nonce(&nonce))
+        .unwrap();
+    assert_eq!(
+        finish(Some(200), &token_body(&rotated), Some(&w.keys)),
+        LoginOutcome::UnknownKey(Some("new".into()))
+    );
+    assert_eq!(
+        finish(Some(200), &token_body(&id_token(&nonce)), None),
+        LoginOutcome::UnknownKey(None)
+    );
+    let r = finish_login_denial(&pending, Denial::TokenExchangeTimeout);
+    assert_eq!(r.status, 504);
+    assert!(String::from_utf8_lossy(&r.body).contains("token_exchange_timeout"));
+}
+
+#[test]
+fn bad_cookies_are_one_code_and_expiry_is_its_own() {
+    let w = World::new();
+    let s = w.config.apps[0].oidc.as_ref().unwrap();
+    let json = h(&[("accept", "application/json")]);
+    let with_cookie = |v: &str| {
+        let mut hs = json.clone();
+        hs.push(("cookie".into(), format!("__Host-portcullis={v}")));
+        hs
+    };
+    let id = Identity {
+        sub: "a".into(),
+        iat: NOW - 100,
+        exp: NOW - 1,
+        ..Identity::default()
+    };
+    let expired = session::seal_session("hr", s, &id, [4; 12]).unwrap();
+    let r = respond(w.request("hr.localhost", "/api", &with_cookie(&expired)));
+    assert!(String::from_utf8_lossy(&r.body).contains("session_expired"));
+    let mut bodies = Vec::new();
+    for bad in ["garbage", &expired[..expired.len() - 2], "AQ"] {
+        let r = respond(w.request("hr.localhost", "/api", &with_cookie(bad)));
+        assert_eq!(r.status, 401);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "cookie_invalid");
+        bodies.push(r.body);
+    }
+    assert!(bodies.windows(2).all(|b| b[0] == b[1]), "no oracle");
+    // A browser navigation with a bad cookie is sent to sign in again.
+    let nav = h(&[HTML, ("cookie", "__Host-portcullis=garbage")]);
+    assert_eq!(respond(w.request("hr.localhost", "/", &nav)).status, 302);
+}
+
+#[test]
+fn passthrough_and_unauthenticated_paths_strip_headers() {
+    let w = World::new();
+    let spoof = h(&[
+        ("X-FORWARDED-USER", "mallory"),
+        ("x-portcullis-anything", "1"),
+    ]);
+    for (host, path) in [("open.localhost", "/x"), ("hr.localhost", "/public/a")] {
+        match w.request(host, path, &spoof) {
+            Decision::Continue {
+                remove, identity, ..
+            } => {
+                assert_eq!(remove, vec!["X-FORWARDED-USER", "x-portcullis-anything"]);
+                assert!(identity.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Matched on the normalised path only.
+    assert_eq!(
+        respond(w.request("hr.localhost", "/public/../private", &h(&[HTML]))).status,
+        302
+    );
+    assert!(matches!(
+        w.request("hr.localhost", "/x/..//public/%61", &h(&[HTML])),
+        Decision::Continue { .. }
+    ));
+    // Unknown hosts are refused.
+    assert_eq!(
+        respond(w.request("evil.localhost", "/", &h(&[HTML]))).status,
+        404
+    );
+}
+
+#[test]
+fn logout_and_me_without_session() {
+    let w = World::new();
+    let r = respond(w.request("hr.localhost", "/.auth/logout", &h(&[HTML])));
+    assert_eq!(r.status, 302);
+    assert!(r
+        .header("location")
+        .unwrap()
+        .starts_with(&format!("{ISS}/logout?client_id=")));
+    assert!(set_cookies(&r)[0].starts_with("__Host-portcullis=;"));
+    let r = respond(w.request("hr.localhost", "/.auth/me", &h(&[HTML])));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        respond(w.request("hr.localhost", "/.auth/other", &h(&[HTML]))).status,
+        404
+    );
+}
+
+#[test]
+fn waits_for_provider_state() {
+    let w = World::new();
+    let headers = h(&[HTML]);
+    let req = RequestView {
+        method: "GET",
+        path: "/x",
+        host: "hr.localhost",
+        headers: &headers,
+        request_id: "r",
+    };
+    let d = on_request(
+        &w.config,
+        &w.owned,
+        &req,
+        Provider::default(),
+        NOW,
+        &mut counter(),
+    );
+    assert_eq!(d, Decision::Wait(Needs::Metadata));
+}
+
+#[test]
+fn bearer_tokens_for_api_clients() {
+    let config =
+        PreauthConfig::from_json(config_json(r#","bearer":{"audience":"api://hr"}"#).as_bytes())
+            .unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    let mut c = claims_at(NOW).with_audience("api://hr");
+    c.nonce = None;
+    let token = keys().es.sign(c).unwrap();
+    let auth = format!("Bearer {token}");
+    match w.request("hr.localhost", "/api", &h(&[("authorization", &auth)])) {
+        Decision::Continue { identity, .. } => assert_eq!(identity.unwrap().sub, "alice-sub"),
+        other => panic!("{other:?}"),
+    }
+    // Wrong audience (an ID token for the web client).
+    let token = keys().es.sign(claims_at(NOW)).unwrap();
+    let auth = format!("Bearer {token}");
+    let r = respond(w.request("hr.localhost", "/api", &h(&[("authorization", &auth)])));
+    assert!(String::from_utf8_lossy(&r.body).contains("audience_mismatch"));
+    // Unknown kid asks for a refetch.
+    let token = ES256KeyPair::from_bytes(&keys().es.to_bytes())
+        .unwrap()
+        .with_key_id("nope")
+        .sign(claims_at(NOW).with_audience("api://hr"))
+        .unwrap();
+    let auth = format!("Bearer {token}");
+    match w.request("hr.localhost", "/api", &h(&[("authorization", &auth)])) {
+        Decision::Respond { refetch_keys, .. } => assert!(refetch_keys),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rotation_keeps_sessions_valid() {
+    let w = World::new();
+    let s = w.config.apps[0].oidc.as_ref().unwrap();
+    let id = Identity {
+        sub: "a".into(),
+        iat: NOW,
+        exp: NOW + 60,
+        ..Identity::default()
+    };
+    let old = session::seal_session("hr", s, &id, [4; 12]).unwrap();
+    let new_key = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    let rotated_json = config_json("").replace(
+        &format!(r#"["{KEY_B64}"]"#),
+        &format!(r#"["{new_key}","{KEY_B64}"]"#),
+    );
+    let rotated = PreauthConfig::from_json(rotated_json.as_bytes()).unwrap();
+    let rs = rotated.apps[0].oidc.as_ref().unwrap();
+    assert_eq!(
+        session::open_session(&rs.sealer, &rs.cookie.name, "hr", &old, NOW).unwrap(),
+        id
+    );
+}
