@@ -157,7 +157,6 @@ export async function startIdp({
     },
     features: {
       devInteractions: { enabled: false },
-      claimsParameter: { enabled: true },
       userinfo: { enabled: true },
       revocation: { enabled: true },
       rpInitiatedLogout: {

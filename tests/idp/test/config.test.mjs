@@ -2,11 +2,12 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   ConfigError, INSTALLER_CLIENT_ID, parseProviderConfig, parseUsers, readJson,
 } from '../lib/config.mjs';
-import { IDP_DIR, runNode, tempJson } from './support.mjs';
+import { IDP_DIR, runNode, startServer, tempJson } from './support.mjs';
 
 const good = {
   client_id: 'app', client_secret: 's', redirect_uris: ['http://127.0.0.1:1/cb'],
@@ -90,6 +91,22 @@ describe('server.mjs', () => {
     assert.equal(code, 2);
     assert.match(stderr, /clients\[0\]\.redirect_uri: unknown field/);
     assert.doesNotMatch(stdout, /READY/);
+  });
+
+  it('keeps its signing keys in --keys-file across restarts', async () => {
+    const keysFile = join(tempJson({}), '..', 'jwks.json');
+    const kids = [];
+    for (let i = 0; i < 2; i += 1) {
+      const idp = await startServer({ clients: [] }, ['--keys-file', keysFile, '--quiet']);
+      try {
+        const { keys } = await (await fetch(`${idp.issuer}/jwks`)).json();
+        kids.push(keys.map((k) => k.kid).join(','));
+      } finally {
+        assert.equal(await idp.stop(), 0, 'exit 0 on SIGTERM');
+      }
+    }
+    assert.equal(kids[0], kids[1]);
+    assert.equal(statSync(keysFile).mode & 0o777, 0o600);
   });
 
   it('prints its usage', async () => {

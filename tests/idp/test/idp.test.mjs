@@ -110,6 +110,9 @@ describe('demo OpenID provider', () => {
     assert.ok(claims.auth_time >= before - 1 && claims.auth_time <= claims.iat, 'auth_time');
     assert.equal(userinfo.sub, 'u-alice');
     assert.equal(userinfo.email, 'alice@example.com');
+    assert.equal(userinfo.preferred_username, 'alice');
+    assert.deepEqual(userinfo.groups, ['staff']);
+    assert.equal(userinfo.tid, 'test-tenant');
   });
 
   it('keeps the provider session: a second login asks nothing', async () => {
