@@ -1,0 +1,271 @@
+//! The connector's client towards one app's backend: plain HTTP, or HTTPS verified
+//! against a CA bundle and/or SPKI pins; small keep-alive pool; per-app timeout.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::body::{empty, BoxBody};
+use crate::config::AppSettings;
+use crate::denial::Denial;
+use crate::pki::{self, PinnedVerifier, PIN_MISMATCH};
+
+/// Why a backend request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect failed.
+    #[error("backend unreachable: {0}")]
+    Unreachable(String),
+    /// The backend's key is outside the pinned set.
+    #[error("backend certificate public key is not in the pinned set (spki_sha256)")]
+    PinMismatch,
+    /// The backend's certificate did not verify against the CA bundle.
+    #[error("backend certificate not trusted: {0}")]
+    Untrusted(String),
+    /// No response headers within the app's timeout.
+    #[error("backend did not answer within {0} ms")]
+    Timeout(u64),
+    /// HTTP-level failure.
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+    /// The backend settings cannot be used.
+    #[error("backend settings unusable: {0}")]
+    Settings(String),
+}
+
+impl BackendError {
+    /// The gateway error the client sees.
+    pub fn denial(&self, app: &str) -> Denial {
+        let (status, code) = match self {
+            BackendError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "backend_unreachable"),
+            BackendError::PinMismatch => (StatusCode::BAD_GATEWAY, "backend_pin_mismatch"),
+            BackendError::Untrusted(_) => (StatusCode::BAD_GATEWAY, "backend_tls_untrusted"),
+            BackendError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
+            BackendError::Protocol(_) => (StatusCode::BAD_GATEWAY, "backend_error"),
+            BackendError::Settings(_) => (StatusCode::BAD_GATEWAY, "backend_misconfigured"),
+        };
+        Denial::new(status, code, format!("App `{app}`: {self}."))
+    }
+}
+
+fn tls_error(e: &std::io::Error) -> BackendError {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::General(m)) if m == PIN_MISMATCH => BackendError::PinMismatch,
+        Some(rustls::Error::InvalidCertificate(c)) => BackendError::Untrusted(format!("{c:?}")),
+        Some(other) => BackendError::Untrusted(other.to_string()),
+        None => BackendError::Unreachable(e.to_string()),
+    }
+}
+
+/// A backend of one app.
+pub struct Backend {
+    /// The app's settings.
+    pub app: AppSettings,
+    authority: String,
+    host: String,
+    port: u16,
+    base_path: String,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    pool: Mutex<Vec<http1::SendRequest<BoxBody>>>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("app", &self.app.name).finish_non_exhaustive()
+    }
+}
+
+const POOL_MAX: usize = 64;
+
+impl Backend {
+    /// Builds the client for `app`.
+    pub fn new(app: AppSettings) -> Result<Arc<Self>, BackendError> {
+        let uri: Uri = app
+            .internal_url
+            .parse()
+            .map_err(|_| BackendError::Settings("internal_url".into()))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri
+            .host()
+            .ok_or_else(|| BackendError::Settings("internal_url has no host".into()))?
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| host.clone());
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let tls = if https {
+            let roots = match &app.backend_ca_pem {
+                Some(pem) => pki::parse_certs_pem(pem).map_err(|e| BackendError::Settings(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let pins = app
+                .spki_sha256
+                .iter()
+                .filter_map(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+                .filter_map(|b| <[u8; 32]>::try_from(b).ok())
+                .collect();
+            let verifier = PinnedVerifier::new(roots, pins).map_err(|e| BackendError::Settings(e.to_string()))?;
+            let mut config = rustls::ClientConfig::builder_with_provider(pki::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| BackendError::Settings(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let name = ServerName::try_from(bare).map_err(|e| BackendError::Settings(e.to_string()))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Arc::new(Self {
+            app,
+            authority,
+            host,
+            port,
+            base_path,
+            tls,
+            pool: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The `Host` the backend expects (its URL's authority).
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The path on the backend for a request path (`base_path` + `path_and_query`).
+    pub fn backend_path(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base_path, path_and_query)
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<BoxBody>, BackendError> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((host, self.port))
+            .await
+            .map_err(|e| BackendError::Unreachable(format!("{}: {e}", self.authority)))?;
+        let _ = tcp.set_nodelay(true);
+        let builder = http1::Builder::new();
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| tls_error(&e))?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+            None => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+        }
+    }
+
+    fn pooled(&self) -> Option<http1::SendRequest<BoxBody>> {
+        let mut pool = self.pool.lock().ok()?;
+        while let Some(s) = pool.pop() {
+            if s.is_ready() && !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Sends `req` (origin-form URI, headers ready) and waits for response headers
+    /// within the app's timeout; the body streams afterwards.
+    pub async fn send(self: &Arc<Self>, req: Request<BoxBody>) -> Result<Response<Incoming>, BackendError> {
+        let timeout = Duration::from_millis(self.app.timeout_ms);
+        let this = self.clone();
+        let attempt = async move {
+            let mut sender = match this.pooled() {
+                Some(s) => s,
+                None => this.connect().await?,
+            };
+            let fut = sender.send_request(req);
+            let this2 = this.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    if let Ok(mut pool) = this2.pool.lock() {
+                        if pool.len() < POOL_MAX {
+                            pool.push(sender);
+                        }
+                    }
+                }
+            });
+            fut.await.map_err(|e| BackendError::Protocol(e.to_string()))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout(self.app.timeout_ms)),
+        }
+    }
+}
+
+/// A one-shot GET of `url` (http, or https verified against `ca_file`), body whole
+/// (at most 1 MiB). Used for the JWKS.
+pub async fn fetch_url(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>, BackendError> {
+    let ca_pem = match ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| BackendError::Settings(format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let uri: Uri = url.parse().map_err(|_| BackendError::Settings("bad URL".into()))?;
+    let app = AppSettings {
+        name: "jwks".into(),
+        group: String::new(),
+        internal_url: format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        ),
+        timeout_ms: 10_000,
+        backend_ca_pem: ca_pem,
+        spki_sha256: Vec::new(),
+        preserve_host: false,
+    };
+    let backend = Backend::new(app)?;
+    let req = Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, backend.authority())
+        .header(http::header::ACCEPT, "application/json")
+        .body(empty())
+        .map_err(|e| BackendError::Settings(e.to_string()))?;
+    let resp = backend.send(req).await?;
+    if !resp.status().is_success() {
+        return Err(BackendError::Protocol(format!("status {}", resp.status())));
+    }
+    let limited = http_body_util::Limited::new(resp.into_body(), 1 << 20);
+    let bytes: Bytes = limited
+        .collect()
+        .await
+        .map_err(|e| BackendError::Protocol(e.to_string()))?
+        .to_bytes();
+    Ok(bytes.to_vec())
+}

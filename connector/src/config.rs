@@ -1,0 +1,684 @@
+//! Configuration files of the edge service and the connector (JSON, unknown fields
+//! refused, validated into typed settings; every error names the field at fault).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use portcullis_core::config::{parse_json, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// Reads and validates a configuration file; errors name the file and the field.
+fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+}
+
+// ---------------------------------------------------------------- edge
+
+/// The edge configuration file, as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfigFile {
+    /// Directory for the connector CA (created if missing).
+    pub state_dir: PathBuf,
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: EdgeListen,
+    /// Names (DNS or IP) in the edge's TLS server certificate.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+    /// Tunnel addresses handed to connectors at registration (default: the tunnel listen address).
+    #[serde(default)]
+    pub advertised_tunnel_addresses: Vec<String>,
+    /// Request header that names the published app.
+    #[serde(default = "default_app_header")]
+    pub app_header: String,
+    /// Peers whose `X-Forwarded-*` headers are trusted on the local listener.
+    #[serde(default = "default_trusted_proxies")]
+    pub trusted_proxies: Vec<String>,
+    /// Rules for admin tokens at registration.
+    pub admin: AdminConfig,
+    /// Connector groups.
+    pub groups: Vec<String>,
+    /// Published apps reached through connectors.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// Validity of issued connector certificates, in days.
+    #[serde(default = "default_cert_days")]
+    pub client_cert_days: u32,
+    /// How often connectors should refresh their configuration, in seconds.
+    #[serde(default = "default_refresh")]
+    pub config_refresh_seconds: u64,
+    /// HTTP/2 keepalive ping interval on tunnels, in seconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_seconds: u64,
+    /// Grace period for requests in flight at shutdown, in seconds.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+}
+
+/// Listen addresses of the edge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeListen {
+    /// HTTPS registration endpoint.
+    #[serde(default = "default_registration_listen")]
+    pub registration: String,
+    /// Mutual-TLS listener for connector tunnels and their API calls.
+    #[serde(default = "default_tunnel_listen")]
+    pub tunnel: String,
+    /// Local HTTP/1.1 + h2c listener for Envoy's upstream traffic.
+    #[serde(default = "default_local_listen")]
+    pub local: String,
+    /// Prometheus `/metrics` (omit or null to disable).
+    #[serde(default = "default_edge_metrics")]
+    pub metrics: Option<String>,
+}
+
+impl Default for EdgeListen {
+    fn default() -> Self {
+        Self {
+            registration: default_registration_listen(),
+            tunnel: default_tunnel_listen(),
+            local: default_local_listen(),
+            metrics: default_edge_metrics(),
+        }
+    }
+}
+
+/// Admin-token rules for registration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// JWKS file with the provider's signing keys.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (http, or https with `jwks_ca_file`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// CA bundle for an https `jwks_url`.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required audience (one of `aud`).
+    pub audience: String,
+    /// Claim holding the tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// Required tenant (omit to not check).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Claim holding roles.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Any of these roles makes the holder an admin.
+    #[serde(default)]
+    pub admin_roles: Vec<String>,
+    /// Claim holding groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Any of these groups makes the holder an admin.
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`/`iat`, in seconds (at most 60).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+/// One published app reached through a connector group.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// App name, as sent in the app header.
+    pub name: String,
+    /// Connector group serving it.
+    pub group: String,
+    /// Backend URL seen from the connector (`http://` or `https://`).
+    pub internal_url: String,
+    /// Time allowed to the backend for its response headers, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// CA bundle (PEM file on the edge) that the backend's certificate must chain to.
+    #[serde(default)]
+    pub backend_ca_file: Option<PathBuf>,
+    /// SHA-256 hashes of allowed backend public keys (SPKI), base64 or hex.
+    #[serde(default)]
+    pub spki_sha256: Vec<String>,
+    /// Send the client's Host to the backend instead of the internal URL's host.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+fn default_app_header() -> String {
+    crate::DEFAULT_APP_HEADER.into()
+}
+fn default_trusted_proxies() -> Vec<String> {
+    vec!["127.0.0.1".into(), "::1".into()]
+}
+fn default_cert_days() -> u32 {
+    365
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_keepalive() -> u64 {
+    20
+}
+fn default_drain() -> u64 {
+    30
+}
+fn default_registration_listen() -> String {
+    "127.0.0.1:8441".into()
+}
+fn default_tunnel_listen() -> String {
+    "127.0.0.1:8442".into()
+}
+fn default_local_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_edge_metrics() -> Option<String> {
+    Some("127.0.0.1:9102".into())
+}
+fn default_tenant_claim() -> String {
+    "tid".into()
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Validated edge settings.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// State directory (CA key and certificate).
+    pub state_dir: PathBuf,
+    /// Registration listen address.
+    pub registration_listen: SocketAddr,
+    /// Tunnel listen address.
+    pub tunnel_listen: SocketAddr,
+    /// Local listen address.
+    pub local_listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Server certificate names.
+    pub server_names: Vec<String>,
+    /// Addresses handed to connectors (empty: the bound tunnel address).
+    pub advertised_tunnel_addresses: Vec<String>,
+    /// Everything that can change on reload.
+    pub dynamic: EdgeDynamic,
+}
+
+/// The part of the edge settings that a reload may change without dropping tunnels.
+#[derive(Debug, Clone)]
+pub struct EdgeDynamic {
+    /// Lower-case app header name.
+    pub app_header: http::HeaderName,
+    /// Trusted proxy addresses.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Admin token rules.
+    pub admin: AdminConfig,
+    /// Groups.
+    pub groups: BTreeSet<String>,
+    /// Apps by name.
+    pub apps: BTreeMap<String, AppSettings>,
+    /// Issued certificate validity.
+    pub client_cert_days: u32,
+    /// Refresh interval told to connectors.
+    pub config_refresh: Duration,
+    /// Keepalive interval.
+    pub keepalive: Duration,
+    /// Drain grace.
+    pub drain: Duration,
+}
+
+/// A validated app, as sent to its connectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// App name.
+    pub name: String,
+    /// Group.
+    pub group: String,
+    /// Backend URL.
+    pub internal_url: String,
+    /// Header timeout, ms.
+    pub timeout_ms: u64,
+    /// CA bundle PEM text (read from `backend_ca_file`).
+    #[serde(default)]
+    pub backend_ca_pem: Option<String>,
+    /// Allowed SPKI SHA-256 hashes (32 bytes each, base64 standard).
+    #[serde(default)]
+    pub spki_sha256: Vec<String>,
+    /// Keep the client's Host.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// Parses a listen address `host:port`.
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| ConfigError::new(field, format!("`{s}` is not an address like 127.0.0.1:8080")))
+}
+
+/// Decodes an SPKI pin (base64 with or without a `sha256/` prefix, or 64 hex digits).
+pub fn decode_pin(s: &str) -> Option<[u8; 32]> {
+    let s = s.strip_prefix("sha256/").unwrap_or(s);
+    let bytes = if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(s).ok()?
+    };
+    bytes.try_into().ok()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl EdgeConfigFile {
+    /// Parses JSON text.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        parse_json(bytes)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_file(path)?)
+    }
+
+    /// Validates into settings (reads CA bundle files named by apps).
+    pub fn validate(&self) -> Result<EdgeSettings, ConfigError> {
+        let registration_listen = parse_addr("listen.registration", &self.listen.registration)?;
+        let tunnel_listen = parse_addr("listen.tunnel", &self.listen.tunnel)?;
+        let local_listen = parse_addr("listen.local", &self.listen.local)?;
+        let metrics_listen = match &self.listen.metrics {
+            Some(m) => Some(parse_addr("listen.metrics", m)?),
+            None => None,
+        };
+        if self.server_names.is_empty() {
+            return Err(ConfigError::new("server_names", "at least one name is needed"));
+        }
+        for (i, n) in self.server_names.iter().enumerate() {
+            if n.is_empty() || n.contains(char::is_whitespace) {
+                return Err(ConfigError::new(format!("server_names[{i}]"), "not a DNS name or IP"));
+            }
+        }
+        for (i, a) in self.advertised_tunnel_addresses.iter().enumerate() {
+            if !a.contains(':') {
+                return Err(ConfigError::new(
+                    format!("advertised_tunnel_addresses[{i}]"),
+                    "expected host:port",
+                ));
+            }
+        }
+        Ok(EdgeSettings {
+            state_dir: self.state_dir.clone(),
+            registration_listen,
+            tunnel_listen,
+            local_listen,
+            metrics_listen,
+            server_names: self.server_names.clone(),
+            advertised_tunnel_addresses: self.advertised_tunnel_addresses.clone(),
+            dynamic: self.validate_dynamic()?,
+        })
+    }
+
+    fn validate_dynamic(&self) -> Result<EdgeDynamic, ConfigError> {
+        let app_header = http::HeaderName::from_bytes(self.app_header.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new("app_header", "not a valid header name"))?;
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(
+                p.parse::<IpAddr>()
+                    .map_err(|_| ConfigError::new(format!("trusted_proxies[{i}]"), "not an IP address"))?,
+            );
+        }
+        let a = &self.admin;
+        match (&a.jwks_file, &a.jwks_url) {
+            (None, None) => {
+                return Err(ConfigError::new("admin.jwks_file", "set jwks_file or jwks_url"))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new("admin.jwks_url", "set only one of jwks_file and jwks_url"))
+            }
+            (None, Some(url)) => {
+                if url.starts_with("https://") {
+                    if a.jwks_ca_file.is_none() {
+                        return Err(ConfigError::new("admin.jwks_ca_file", "needed for an https jwks_url"));
+                    }
+                } else if !url.starts_with("http://") {
+                    return Err(ConfigError::new("admin.jwks_url", "must start with http:// or https://"));
+                }
+                if url.parse::<http::Uri>().is_err() {
+                    return Err(ConfigError::new("admin.jwks_url", "not a valid URL"));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if a.issuer.is_empty() {
+            return Err(ConfigError::new("admin.issuer", "must not be empty"));
+        }
+        if a.audience.is_empty() {
+            return Err(ConfigError::new("admin.audience", "must not be empty"));
+        }
+        if a.admin_roles.is_empty() && a.admin_groups.is_empty() {
+            return Err(ConfigError::new("admin.admin_roles", "set admin_roles and/or admin_groups"));
+        }
+        if a.leeway_seconds > 60 {
+            return Err(ConfigError::new("admin.leeway_seconds", "at most 60"));
+        }
+        if self.groups.is_empty() {
+            return Err(ConfigError::new("groups", "at least one connector group is needed"));
+        }
+        let mut groups = BTreeSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if !valid_name(g) {
+                return Err(ConfigError::new(format!("groups[{i}]"), "use letters, digits, - _ . (≤ 64)"));
+            }
+            if !groups.insert(g.clone()) {
+                return Err(ConfigError::new(format!("groups[{i}]"), "duplicate group"));
+            }
+        }
+        let mut apps = BTreeMap::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let settings = app.validate(&groups).map_err(|e| e.within(&format!("apps[{i}]")))?;
+            if apps.insert(settings.name.clone(), settings).is_some() {
+                return Err(ConfigError::new(format!("apps[{i}].name"), "duplicate app name"));
+            }
+        }
+        if self.client_cert_days == 0 {
+            return Err(ConfigError::new("client_cert_days", "must be at least 1"));
+        }
+        if self.config_refresh_seconds == 0 {
+            return Err(ConfigError::new("config_refresh_seconds", "must be at least 1"));
+        }
+        if self.keepalive_seconds == 0 {
+            return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
+        }
+        Ok(EdgeDynamic {
+            app_header,
+            trusted_proxies,
+            admin: a.clone(),
+            groups,
+            apps,
+            client_cert_days: self.client_cert_days,
+            config_refresh: Duration::from_secs(self.config_refresh_seconds),
+            keepalive: Duration::from_secs(self.keepalive_seconds),
+            drain: Duration::from_secs(self.drain_seconds),
+        })
+    }
+}
+
+impl AppConfig {
+    fn validate(&self, groups: &BTreeSet<String>) -> Result<AppSettings, ConfigError> {
+        if !valid_name(&self.name) {
+            return Err(ConfigError::new("name", "use letters, digits, - _ . (≤ 64)"));
+        }
+        if !groups.contains(&self.group) {
+            return Err(ConfigError::new("group", format!("unknown group `{}`", self.group)));
+        }
+        let uri: http::Uri = self
+            .internal_url
+            .parse()
+            .map_err(|_| ConfigError::new("internal_url", "not a valid URL"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(ConfigError::new("internal_url", "must start with http:// or https://")),
+        };
+        if uri.host().is_none() {
+            return Err(ConfigError::new("internal_url", "has no host"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new("timeout_ms", "must be at least 1"));
+        }
+        let backend_ca_pem = match &self.backend_ca_file {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("backend_ca_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                if crate::pki::parse_certs_pem(&pem).map(|c| c.is_empty()).unwrap_or(true) {
+                    return Err(ConfigError::new("backend_ca_file", "no PEM certificate in it"));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        let mut pins = Vec::new();
+        for (i, p) in self.spki_sha256.iter().enumerate() {
+            let pin = decode_pin(p).ok_or_else(|| {
+                ConfigError::new(format!("spki_sha256[{i}]"), "not a SHA-256 hash (base64 or hex)")
+            })?;
+            pins.push(base64::engine::general_purpose::STANDARD.encode(pin));
+        }
+        if !https && (backend_ca_pem.is_some() || !pins.is_empty()) {
+            return Err(ConfigError::new("internal_url", "backend TLS settings need an https:// URL"));
+        }
+        if https && backend_ca_pem.is_none() && pins.is_empty() {
+            return Err(ConfigError::new(
+                "spki_sha256",
+                "an https backend needs backend_ca_file and/or spki_sha256",
+            ));
+        }
+        Ok(AppSettings {
+            name: self.name.clone(),
+            group: self.group.clone(),
+            internal_url: self.internal_url.clone(),
+            timeout_ms: self.timeout_ms,
+            backend_ca_pem,
+            spki_sha256: pins,
+            preserve_host: self.preserve_host,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- connector
+
+/// The connector configuration file, as written (`register` writes one).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfigFile {
+    /// Directory with key, certificate, edge CA and configuration cache.
+    pub state_dir: PathBuf,
+    /// Edge tunnel addresses (`host:port`).
+    pub edges: Vec<String>,
+    /// Name expected in the edge's TLS certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Tunnels per edge address.
+    #[serde(default = "default_tunnels")]
+    pub tunnels_per_edge: usize,
+    /// Renew the certificate when it is older than this, in seconds (default 180 days).
+    #[serde(default = "default_renew_after")]
+    pub renew_after_seconds: u64,
+    /// How often to check the certificate age, in seconds.
+    #[serde(default = "default_renew_check")]
+    pub renew_check_seconds: u64,
+    /// Configuration refresh interval override, in seconds (default: what the edge says).
+    #[serde(default)]
+    pub config_refresh_seconds: Option<u64>,
+    /// HTTP/2 keepalive ping interval, in seconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_seconds: u64,
+    /// First reconnect delay, in milliseconds.
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay, in milliseconds.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// Grace period for streams in flight at shutdown, in seconds.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+    /// Concurrent streams allowed per tunnel.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// Optional loopback `/metrics` listener. Off by default: the connector then never listens.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_tunnels() -> usize {
+    2
+}
+fn default_renew_after() -> u64 {
+    180 * 86_400
+}
+fn default_renew_check() -> u64 {
+    3600
+}
+fn default_backoff_initial() -> u64 {
+    250
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_max_streams() -> u32 {
+    1024
+}
+
+/// Validated connector settings.
+#[derive(Debug, Clone)]
+pub struct ConnectorSettings {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Edge addresses.
+    pub edges: Vec<String>,
+    /// Edge TLS name.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Tunnels per edge.
+    pub tunnels_per_edge: usize,
+    /// Renewal age.
+    pub renew_after: Duration,
+    /// Renewal check interval.
+    pub renew_check: Duration,
+    /// Config refresh override.
+    pub config_refresh: Option<Duration>,
+    /// Keepalive.
+    pub keepalive: Duration,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// Drain grace.
+    pub drain: Duration,
+    /// Streams per tunnel.
+    pub max_concurrent_streams: u32,
+    /// Metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl ConnectorConfigFile {
+    /// Parses JSON text.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        parse_json(bytes)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_file(path)?)
+    }
+
+    /// A configuration with defaults for `state_dir` and `edges`.
+    pub fn with_defaults(state_dir: PathBuf, edges: Vec<String>, server_name: String) -> Self {
+        Self {
+            state_dir,
+            edges,
+            server_name,
+            tunnels_per_edge: default_tunnels(),
+            renew_after_seconds: default_renew_after(),
+            renew_check_seconds: default_renew_check(),
+            config_refresh_seconds: None,
+            keepalive_seconds: default_keepalive(),
+            backoff_initial_ms: default_backoff_initial(),
+            backoff_max_ms: default_backoff_max(),
+            drain_seconds: default_drain(),
+            max_concurrent_streams: default_max_streams(),
+            metrics_listen: None,
+        }
+    }
+
+    /// Validates into settings.
+    pub fn validate(&self) -> Result<ConnectorSettings, ConfigError> {
+        if self.edges.is_empty() {
+            return Err(ConfigError::new("edges", "at least one edge address is needed"));
+        }
+        for (i, e) in self.edges.iter().enumerate() {
+            match e.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => return Err(ConfigError::new(format!("edges[{i}]"), "expected host:port")),
+            }
+        }
+        let server_name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|_| ConfigError::new("server_name", "not a DNS name or IP address"))?;
+        if self.tunnels_per_edge == 0 || self.tunnels_per_edge > 64 {
+            return Err(ConfigError::new("tunnels_per_edge", "must be between 1 and 64"));
+        }
+        if self.renew_after_seconds == 0 {
+            return Err(ConfigError::new("renew_after_seconds", "must be at least 1"));
+        }
+        if self.renew_check_seconds == 0 {
+            return Err(ConfigError::new("renew_check_seconds", "must be at least 1"));
+        }
+        if self.config_refresh_seconds == Some(0) {
+            return Err(ConfigError::new("config_refresh_seconds", "must be at least 1"));
+        }
+        if self.keepalive_seconds == 0 {
+            return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(ConfigError::new(
+                "backoff_max_ms",
+                "backoff_initial_ms must be ≥ 1 and backoff_max_ms ≥ backoff_initial_ms",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::new("max_concurrent_streams", "must be at least 1"));
+        }
+        let metrics_listen = match &self.metrics_listen {
+            Some(m) => {
+                let a = parse_addr("metrics_listen", m)?;
+                if !a.ip().is_loopback() {
+                    return Err(ConfigError::new("metrics_listen", "must be a loopback address"));
+                }
+                Some(a)
+            }
+            None => None,
+        };
+        Ok(ConnectorSettings {
+            state_dir: self.state_dir.clone(),
+            edges: self.edges.clone(),
+            server_name,
+            tunnels_per_edge: self.tunnels_per_edge,
+            renew_after: Duration::from_secs(self.renew_after_seconds),
+            renew_check: Duration::from_secs(self.renew_check_seconds),
+            config_refresh: self.config_refresh_seconds.map(Duration::from_secs),
+            keepalive: Duration::from_secs(self.keepalive_seconds),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            drain: Duration::from_secs(self.drain_seconds),
+            max_concurrent_streams: self.max_concurrent_streams,
+            metrics_listen,
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! Admin tokens presented at registration: a JWT signed by a key of the configured
+//! provider's JWKS, unexpired, for the configured issuer, audience and tenant, whose
+//! holder has an admin role or group. Refusals carry a stable code and a reason.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jwt_simple::prelude::*;
+use jwt_simple::JWTError;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use crate::config::AdminConfig;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TokenRefusal {
+    /// Stable code, e.g. `token_expired`, `token_invalid_signature`, `tenant_mismatch`, `not_admin`.
+    pub code: &'static str,
+    /// Reason for humans.
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> TokenRefusal {
+    TokenRefusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The admin a token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminClaims {
+    /// `sub`.
+    pub subject: String,
+    /// Tenant claim, if any.
+    pub tenant: Option<String>,
+}
+
+const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: Vec<Value>,
+    fetched: Option<Instant>,
+}
+
+/// Checks admin tokens against the configured rules and JWKS.
+#[derive(Debug)]
+pub struct AdminTokenVerifier {
+    rules: AdminConfig,
+    cache: Mutex<KeyCache>,
+}
+
+/// Refetches of the JWKS (unknown `kid`) are at most this frequent.
+const REFETCH_EVERY: Duration = Duration::from_secs(30);
+
+impl AdminTokenVerifier {
+    /// A verifier for `rules`; keys are loaded on first use.
+    pub fn new(rules: AdminConfig) -> Arc<Self> {
+        Arc::new(Self {
+            rules,
+            cache: Mutex::new(KeyCache::default()),
+        })
+    }
+
+    async fn load_keys(&self) -> Result<Vec<Value>, TokenRefusal> {
+        let bytes = if let Some(path) = &self.rules.jwks_file {
+            tokio::fs::read(path).await.map_err(|e| {
+                refuse("jwks_unavailable", format!("cannot read JWKS file {}: {e}", path.display()))
+            })?
+        } else if let Some(url) = &self.rules.jwks_url {
+            crate::backend::fetch_url(url, self.rules.jwks_ca_file.as_deref())
+                .await
+                .map_err(|e| refuse("jwks_unavailable", format!("cannot fetch JWKS {url}: {e}")))?
+        } else {
+            return Err(refuse("jwks_unavailable", "no JWKS configured"));
+        };
+        let doc: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| refuse("jwks_unavailable", format!("JWKS is not JSON: {e}")))?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| refuse("jwks_unavailable", "JWKS has no `keys` array"))?;
+        Ok(keys)
+    }
+
+    async fn find_key(&self, kid: Option<&str>, alg: &str) -> Result<Value, TokenRefusal> {
+        let mut cache = self.cache.lock().await;
+        for attempt in 0..2 {
+            let stale = cache
+                .fetched
+                .map(|t| t.elapsed() >= REFETCH_EVERY)
+                .unwrap_or(true);
+            if cache.fetched.is_none() || (attempt == 1 && stale) {
+                cache.keys = self.load_keys().await?;
+                cache.fetched = Some(Instant::now());
+            }
+            let found = cache.keys.iter().find(|k| {
+                let kid_ok = match kid {
+                    Some(kid) => k.get("kid").and_then(Value::as_str) == Some(kid),
+                    None => true,
+                };
+                let alg_ok = k
+                    .get("alg")
+                    .and_then(Value::as_str)
+                    .map(|a| a == alg || (alg == "EdDSA" && a == "Ed25519"))
+                    .unwrap_or(true);
+                kid_ok && alg_ok
+            });
+            if let Some(k) = found {
+                return Ok(k.clone());
+            }
+        }
+        Err(refuse(
+            "token_invalid_signature",
+            format!("no key in the provider's JWKS for kid {kid:?} and alg {alg}"),
+        ))
+    }
+
+    /// Checks `token`; `Ok` only when every rule holds.
+    pub async fn verify(&self, token: &str) -> Result<AdminClaims, TokenRefusal> {
+        let meta = Token::decode_metadata(token)
+            .map_err(|_| refuse("token_malformed", "the token is not a JWT"))?;
+        let alg = meta.algorithm().to_string();
+        if !ALGORITHMS.contains(&alg.as_str()) {
+            return Err(refuse("token_algorithm_refused", format!("algorithm {alg} is not allowed")));
+        }
+        let jwk = self.find_key(meta.key_id(), &alg).await?;
+        let jwk = jwk.to_string();
+        let r = &self.rules;
+        let options = VerificationOptions {
+            allowed_issuers: Some(HashSet::from([r.issuer.clone()])),
+            allowed_audiences: Some(HashSet::from([r.audience.clone()])),
+            time_tolerance: Some(jwt_simple::prelude::Duration::from_secs(r.leeway_seconds)),
+            ..Default::default()
+        };
+        let bad_key = |e: jwt_simple::Error| refuse("jwks_unavailable", format!("JWKS key unusable: {e}"));
+        macro_rules! check {
+            ($t:ty) => {
+                <$t>::from_jwk(&jwk)
+                    .map_err(bad_key)?
+                    .verify_token::<Map<String, Value>>(token, Some(options))
+            };
+        }
+        let verified = match alg.as_str() {
+            "RS256" => check!(RS256PublicKey),
+            "RS384" => check!(RS384PublicKey),
+            "RS512" => check!(RS512PublicKey),
+            "PS256" => check!(PS256PublicKey),
+            "PS384" => check!(PS384PublicKey),
+            "PS512" => check!(PS512PublicKey),
+            "ES256" => check!(ES256PublicKey),
+            "ES384" => check!(ES384PublicKey),
+            _ => check!(Ed25519PublicKey),
+        };
+        let claims = verified.map_err(|e| match e.downcast_ref::<JWTError>() {
+            Some(JWTError::TokenHasExpired) => refuse("token_expired", "the token has expired"),
+            Some(JWTError::TokenNotValidYet) => refuse("token_not_yet_valid", "the token is not valid yet"),
+            Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => {
+                refuse("audience_mismatch", format!("the token is not for audience {}", r.audience))
+            }
+            Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => {
+                refuse("issuer_mismatch", format!("the token was not issued by {}", r.issuer))
+            }
+            Some(JWTError::InvalidSignature) => {
+                refuse("token_invalid_signature", "the token's signature does not verify")
+            }
+            _ => refuse("token_invalid", format!("the token was refused: {e}")),
+        })?;
+        if claims.expires_at.is_none() {
+            return Err(refuse("token_invalid", "the token has no expiry (exp)"));
+        }
+        let custom = &claims.custom;
+        let tenant = custom
+            .get(&r.tenant_claim)
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(want) = &r.tenant {
+            if tenant.as_deref() != Some(want.as_str()) {
+                return Err(refuse(
+                    "tenant_mismatch",
+                    format!("the token is for tenant {:?}, not {want}", tenant.unwrap_or_default()),
+                ));
+            }
+        }
+        let holds = |claim: &str, wanted: &[String]| -> bool {
+            match custom.get(claim) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|v| wanted.iter().any(|w| w == v)),
+                Some(Value::String(s)) => s.split_whitespace().any(|v| wanted.iter().any(|w| w == v)),
+                _ => false,
+            }
+        };
+        if !holds(&r.roles_claim, &r.admin_roles) && !holds(&r.groups_claim, &r.admin_groups) {
+            return Err(refuse(
+                "not_admin",
+                "the token's holder has none of the configured admin roles or groups",
+            ));
+        }
+        Ok(AdminClaims {
+            subject: claims.subject.unwrap_or_default(),
+            tenant,
+        })
+    }
+}
