@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import {
   ConfigError, INSTALLER_CLIENT_ID, parseProviderConfig, parseUsers, readJson,
 } from '../lib/config.mjs';
-import { IDP_DIR, runNode, startServer, tempJson } from './support.mjs';
+import { IDP_DIR, runNode, startServer, tempJson } from '../lib/testing.mjs';
 
 const good = {
   client_id: 'app', client_secret: 's', redirect_uris: ['http://127.0.0.1:1/cb'],

@@ -10,7 +10,7 @@ import {
 } from '../../browser/lib.mjs';
 import {
   IDP_DIR, runNode, startRp, startServer,
-} from './support.mjs';
+} from '../lib/testing.mjs';
 
 const ACR_PWD = 'urn:portcullis:pwd';
 const ACR_MFA = 'urn:portcullis:mfa';

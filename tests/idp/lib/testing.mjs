@@ -1,6 +1,7 @@
-// Test support: start server.mjs on a free port, and a tiny relying party (plain node http) that
-// does the authorization code flow with PKCE, checks the ID token with the provider's JWKS (jose),
-// and shows the result as JSON so the browser test can read it.
+// Test support, also for other end-to-end tests: start server.mjs on a free port with a clients
+// configuration (startServer), run a node script (runNode), and a tiny relying party (plain node http)
+// that does the authorization code flow with PKCE, checks the ID token with the provider's JWKS
+// (jose), and shows the result as JSON so a browser test can read it (startRp).
 
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
+/** Directory of the provider (tests/idp). */
 export const IDP_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** Writes `obj` as JSON to a new temp file and returns its path. */
