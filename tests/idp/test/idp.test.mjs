@@ -18,6 +18,7 @@ const OTP = '123456';
 
 describe('demo OpenID provider', () => {
   let rp;
+  let rpEs;
   let idp;
   let browser;
   let page;
@@ -25,6 +26,7 @@ describe('demo OpenID provider', () => {
 
   before(async () => {
     rp = await startRp({ clientId: 'test-rp', clientSecret: 'test-rp-secret' });
+    rpEs = await startRp({ clientId: 'test-es', clientSecret: 'test-es-secret' });
     idp = await startServer({
       tenant: 'test-tenant',
       audiences: ['portcullis-edge', 'other-api'],
@@ -35,12 +37,18 @@ describe('demo OpenID provider', () => {
         redirect_uris: [rp.redirectUri],
         post_logout_redirect_uris: [rp.postLogoutUri],
       }, {
+        client_id: 'test-es',
+        client_secret: 'test-es-secret',
+        id_token_signed_response_alg: 'ES256',
+        redirect_uris: [rpEs.redirectUri],
+      }, {
         client_id: 'test-public',
         public: true,
         redirect_uris: ['http://127.0.0.1:1/cb'],
       }],
     });
     await rp.setIssuer(idp.issuer);
+    await rpEs.setIssuer(idp.issuer);
     meta = await (await fetch(`${idp.issuer}/.well-known/openid-configuration`)).json();
     browser = await launch();
     page = browser.page;
@@ -50,6 +58,7 @@ describe('demo OpenID provider', () => {
     await browser?.close();
     await idp?.stop();
     await rp?.close();
+    await rpEs?.close();
   });
 
   async function freshSession() {
@@ -152,6 +161,16 @@ describe('demo OpenID provider', () => {
     assert.deepEqual(steps, []);
     assert.equal(claims.acr, ACR_PWD);
     assert.deepEqual(claims.amr, ['pwd']);
+  });
+
+  it('signs ID tokens with ES256 for a client configured so', async () => {
+    await page.goto(`${rpEs.base}/login`);
+    const { steps } = await signIn(page, { user: 'alice', password: 'alice-password' });
+    assert.deepEqual(steps, []);
+    const { header, claims } = await pageJson(page);
+    assert.equal(header.alg, 'ES256');
+    assert.equal(claims.aud, 'test-es');
+    assert.equal(claims.sub, 'u-alice');
   });
 
   it('signs bob in with password and one-time code: amr pwd,otp,mfa', async () => {
