@@ -165,7 +165,7 @@ async fn tls_request(
         .map_err(|e| unreachable(format!("TLS: {e}")))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(crate::error_chain(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -185,7 +185,7 @@ async fn tls_request(
     let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
         .await
         .map_err(|_| unreachable("no answer within 30 s".into()))?
-        .map_err(|e| unreachable(format!("request failed (certificate refused?): {e}")))?;
+        .map_err(|e| unreachable(format!("request failed: {}", crate::error_chain(&e))))?;
     let status = resp.status();
     let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
         .collect()
@@ -748,7 +748,7 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
-                        warn!(%edge, slot, "tunnel closed: {e}");
+                        warn!(%edge, slot, "tunnel closed: {}", crate::error_chain(&e));
                     } else {
                         info!(%edge, slot, "tunnel closed by the edge");
                     }

@@ -34,3 +34,18 @@ pub const DEFAULT_APP_HEADER: &str = "x-portcullis-app";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Response header carrying the denial code of an error produced by the edge or connector.
 pub const ERROR_CODE_HEADER: &str = "x-portcullis-error";
+
+/// An error and all its sources, joined by `: ` (hyper's own messages are terse).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,363 @@
+//! Test fixtures: an admin-token issuer (ES256 JWKS), edge and connector builders on
+//! port 0, a sample backend, and an HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jwt_simple::prelude::*;
+use portcullis_connector::body::{boxed, full, BoxBody};
+use portcullis_connector::config::{AdminConfig, AppConfig, ConnectorConfigFile, EdgeConfigFile, EdgeListen};
+use portcullis_connector::connector::{self, ConnectorHandle, EdgeTrust, RegisterOptions};
+use portcullis_connector::edge::{self, EdgeHandle};
+use portcullis_connector::{Shutdown, ShutdownTrigger};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "portcullis-edge";
+pub const TENANT: &str = "tenant-a";
+
+/// Signs admin tokens and publishes the JWKS.
+pub struct Idp {
+    pub key: ES256KeyPair,
+    pub jwks_path: PathBuf,
+}
+
+impl Idp {
+    pub fn new(dir: &Path) -> Self {
+        let key = ES256KeyPair::generate().with_key_id("k1");
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let jwks_path = dir.join("jwks.json");
+        std::fs::write(&jwks_path, json!({ "keys": [jwk] }).to_string()).unwrap();
+        Self { key, jwks_path }
+    }
+
+    /// A token with the given custom claims, valid for `valid` (negative: already expired).
+    pub fn token_with(&self, custom: serde_json::Value, valid_secs: i64, aud: &str) -> String {
+        let custom: serde_json::Map<String, serde_json::Value> = serde_json::from_value(custom).unwrap();
+        let mut claims = Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(600))
+            .with_issuer(ISSUER)
+            .with_audience(aud)
+            .with_subject("admin@tenant-a");
+        let now = Clock::now_since_epoch().as_secs() as i64;
+        claims.expires_at = Some(UnixTimeStamp::from_secs((now + valid_secs) as u64));
+        if valid_secs < 0 {
+            claims.issued_at = Some(UnixTimeStamp::from_secs((now + valid_secs - 600) as u64));
+            claims.invalid_before = claims.issued_at;
+        }
+        self.key.sign(claims).unwrap()
+    }
+
+    /// A valid admin token.
+    pub fn admin_token(&self) -> String {
+        self.token_with(json!({ "tid": TENANT, "roles": ["Connector.Admin"] }), 600, AUDIENCE)
+    }
+}
+
+pub fn app(name: &str, group: &str, url: &str) -> AppConfig {
+    AppConfig {
+        name: name.into(),
+        group: group.into(),
+        internal_url: url.into(),
+        timeout_ms: 5_000,
+        backend_ca_file: None,
+        spki_sha256: Vec::new(),
+        preserve_host: false,
+    }
+}
+
+pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigFile {
+    EdgeConfigFile {
+        state_dir: state.to_path_buf(),
+        listen: EdgeListen {
+            registration: "127.0.0.1:0".into(),
+            tunnel: "127.0.0.1:0".into(),
+            local: "127.0.0.1:0".into(),
+            metrics: Some("127.0.0.1:0".into()),
+        },
+        server_names: vec!["localhost".into(), "127.0.0.1".into()],
+        advertised_tunnel_addresses: Vec::new(),
+        app_header: "x-portcullis-app".into(),
+        trusted_proxies: vec!["127.0.0.1".into()],
+        admin: AdminConfig {
+            jwks_file: Some(jwks.to_path_buf()),
+            jwks_url: None,
+            jwks_ca_file: None,
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            tenant_claim: "tid".into(),
+            tenant: Some(TENANT.into()),
+            roles_claim: "roles".into(),
+            admin_roles: vec!["Connector.Admin".into()],
+            groups_claim: "groups".into(),
+            admin_groups: vec!["connector-admins".into()],
+            leeway_seconds: 30,
+        },
+        groups: vec!["default".into(), "other".into()],
+        apps,
+        client_cert_days: 365,
+        config_refresh_seconds: 300,
+        keepalive_seconds: 5,
+        drain_seconds: 5,
+    }
+}
+
+pub struct Edge {
+    pub handle: EdgeHandle,
+    pub trigger: ShutdownTrigger,
+    pub file: EdgeConfigFile,
+}
+
+pub async fn start_edge(file: EdgeConfigFile) -> Edge {
+    let (trigger, shutdown) = Shutdown::new();
+    let handle = edge::start(file.validate().unwrap(), shutdown).await.unwrap();
+    Edge { handle, trigger, file }
+}
+
+impl Edge {
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.handle.wait().await;
+    }
+    pub fn register_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.handle.registration_addr.port())
+    }
+    pub fn ca_file(&self) -> PathBuf {
+        self.file.state_dir.join(portcullis_connector::pki::CA_CERT_FILE)
+    }
+}
+
+/// Registers a connector (state in `dir`) and returns its configuration file, tuned for tests.
+pub async fn register(edge: &Edge, idp: &Idp, dir: &Path, group: &str) -> ConnectorConfigFile {
+    connector::register(&RegisterOptions {
+        edge_url: edge.register_url(),
+        token: idp.admin_token(),
+        state_dir: dir.to_path_buf(),
+        group: Some(group.into()),
+        trust: EdgeTrust::CaFile(edge.ca_file()),
+    })
+    .await
+    .unwrap();
+    let mut cfg = ConnectorConfigFile::load(&dir.join("connector.json")).unwrap();
+    cfg.backoff_initial_ms = 50;
+    cfg.backoff_max_ms = 500;
+    cfg.keepalive_seconds = 2;
+    cfg.drain_seconds = 5;
+    cfg
+}
+
+pub struct Conn {
+    pub handle: ConnectorHandle,
+    pub trigger: ShutdownTrigger,
+}
+
+pub async fn start_connector(cfg: &ConnectorConfigFile) -> Conn {
+    let (trigger, shutdown) = Shutdown::new();
+    let handle = connector::start(cfg.validate().unwrap(), shutdown).await.unwrap();
+    Conn { handle, trigger }
+}
+
+impl Conn {
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.handle.wait().await;
+    }
+}
+
+/// Waits until `cond` holds (polling), or panics after `secs`.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the edge has `n` tunnels.
+pub async fn wait_tunnels(edge: &Edge, n: usize) {
+    eventually(15, &format!("{n} tunnels"), || edge.handle.tunnels().len() == n).await;
+}
+
+// ------------------------------------------------------------ sample backend
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A stream of `n` bytes in 64 KiB chunks (pattern byte = offset % 251).
+pub fn pattern_body(n: u64) -> BoxBody {
+    let stream = futures_util::stream::unfold(0u64, move |off| async move {
+        if off >= n {
+            return None;
+        }
+        let len = (n - off).min(64 * 1024) as usize;
+        let chunk: Vec<u8> = (0..len).map(|i| ((off + i as u64) % 251) as u8).collect();
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))), off + len as u64))
+    });
+    boxed(StreamBody::new(stream))
+}
+
+/// Sample app: `/echo` (request as JSON), `/bytes?n=` (n bytes), `/upload` (counts the
+/// body and checks its pattern), `/slow?ms=`, `/drip?chunks=&ms=` (slow stream).
+pub async fn sample_app(req: Request<Incoming>, name: &'static str, hits: Arc<AtomicU64>) -> Response<BoxBody> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    match req.uri().path() {
+        "/bytes" => {
+            let n = query_u64(&req, "n");
+            Response::builder()
+                .header("content-length", n.to_string())
+                .body(pattern_body(n))
+                .unwrap()
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut count = 0u64;
+            let mut ok = true;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Response::builder().status(500).body(full("body error")).unwrap();
+                };
+                if let Some(d) = frame.data_ref() {
+                    for (i, b) in d.iter().enumerate() {
+                        if *b != ((count + i as u64) % 251) as u8 {
+                            ok = false;
+                        }
+                    }
+                    count += d.len() as u64;
+                }
+            }
+            Response::new(full(json!({ "bytes": count, "pattern_ok": ok }).to_string()))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms"))).await;
+            Response::new(full("slow done"))
+        }
+        "/drip" => {
+            let chunks = query_u64(&req, "chunks");
+            let ms = query_u64(&req, "ms");
+            let stream = futures_util::stream::unfold(0u64, move |i| async move {
+                if i >= chunks {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"tick\n"))), i + 1))
+            });
+            Response::new(boxed(StreamBody::new(stream)))
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                .collect();
+            let body = json!({
+                "app": name,
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "headers": headers,
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(body.to_string()))
+                .unwrap()
+        }
+    }
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the sample app on a loopback port (HTTP/1.1).
+pub async fn start_backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(sample_app(req, name, h).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits, task }
+}
+
+// ------------------------------------------------------------ client
+
+pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A request to the edge's local listener for `app`.
+pub fn req(edge: &Edge, app: &str, path: &str) -> http::request::Builder {
+    Request::get(format!("http://{}{}", edge.handle.local_addr, path))
+        .header("host", format!("{app}.example.test"))
+        .header("x-portcullis-app", app)
+}
+
+/// Sends and collects: status, headers, body.
+pub async fn send(client: &Client, req: Request<BoxBody>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+pub async fn get(client: &Client, edge: &Edge, app: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    send(client, req(edge, app, path).body(portcullis_connector::body::empty()).unwrap()).await
+}
+
+pub fn json(bytes: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(bytes)))
+}
+
+/// A quick world: idp, edge with app `hello` (group `default`) on a backend, one connector.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub idp: Idp,
+    pub edge: Edge,
+    pub backend: Backend,
+}
+
+pub async fn world(apps: impl FnOnce(&Backend) -> Vec<AppConfig>) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new(dir.path());
+    let backend = start_backend("hello").await;
+    let apps = apps(&backend);
+    let edge = start_edge(edge_file(&dir.path().join("edge"), &idp.jwks_path, apps)).await;
+    World { dir, idp, edge, backend }
+}
