@@ -18,7 +18,7 @@ pub mod url;
 
 pub use body::{BodyMatcher, BodyPlan, BodyPolicy, BodyRewriter, SkipReason};
 pub use names::{ProxyCookieNames, DEFAULT_PROXY_COOKIE_NAME, DEFAULT_PROXY_COOKIE_PREFIX};
-pub use request::{strip_proxy_cookies, CookieHeaderAction};
+pub use request::{strip_proxy_cookies, strip_proxy_cookies_bytes, CookieHeaderAction};
 pub use set_cookie::{apply_set_cookie, DomainPolicy, SameSite, SetCookieOutcome, SetCookiePolicy};
 pub use url::{Endpoint, Scheme, UrlMapping};
 
@@ -326,6 +326,14 @@ impl CookieFilterConfig {
     /// Removes the proxy's cookies from the request's `Cookie` header values.
     pub fn strip_request_cookies(&self, values: &[&str]) -> (CookieHeaderAction, usize) {
         strip_proxy_cookies(&self.proxy_cookies, values)
+    }
+
+    /// [`Self::strip_request_cookies`] on raw header bytes.
+    pub fn strip_request_cookies_bytes(
+        &self,
+        values: &[&[u8]],
+    ) -> (CookieHeaderAction<Vec<u8>>, usize) {
+        strip_proxy_cookies_bytes(&self.proxy_cookies, values)
     }
 
     /// Applies the proxy-name check and the app's policy (if any) to one

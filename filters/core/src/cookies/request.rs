@@ -11,13 +11,14 @@
 
 use super::names::ProxyCookieNames;
 
-/// The result of cleaning the request's `Cookie` header(s).
+/// The result of cleaning the request's `Cookie` header(s); `V` is the
+/// header value type (`String`, or `Vec<u8>` for raw header bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CookieHeaderAction {
+pub enum CookieHeaderAction<V = String> {
     /// No proxy cookie was present: leave the header(s) exactly as they are.
     Unchanged,
     /// Replace all `Cookie` headers by this one value.
-    Replace(String),
+    Replace(V),
     /// Nothing is left: remove the `Cookie` header(s).
     Remove,
 }
@@ -29,16 +30,40 @@ pub fn strip_proxy_cookies(
     names: &ProxyCookieNames,
     values: &[&str],
 ) -> (CookieHeaderAction, usize) {
-    let mut kept: Vec<&str> = Vec::new();
+    let raw: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    let (action, removed) = strip_proxy_cookies_bytes(names, &raw);
+    let action = match action {
+        CookieHeaderAction::Unchanged => CookieHeaderAction::Unchanged,
+        CookieHeaderAction::Remove => CookieHeaderAction::Remove,
+        // Split at ASCII bytes only, so valid UTF-8 stays valid.
+        CookieHeaderAction::Replace(v) => {
+            CookieHeaderAction::Replace(String::from_utf8_lossy(&v).into_owned())
+        }
+    };
+    (action, removed)
+}
+
+/// [`strip_proxy_cookies`] on raw header bytes (values need not be UTF-8;
+/// bytes of kept cookies are copied unchanged).
+pub fn strip_proxy_cookies_bytes(
+    names: &ProxyCookieNames,
+    values: &[&[u8]],
+) -> (CookieHeaderAction<Vec<u8>>, usize) {
+    let mut kept: Vec<&[u8]> = Vec::new();
     let mut removed = 0;
     for value in values {
-        for piece in value.split(';') {
-            let piece = piece.trim_matches([' ', '\t']);
+        for piece in value.split(|&b| b == b';') {
+            let piece = trim_ows(piece);
             if piece.is_empty() {
                 continue;
             }
-            let name = piece.split_once('=').map_or(piece, |(n, _)| n);
-            if names.is_proxy_cookie(name) {
+            let name = match piece.iter().position(|&b| b == b'=') {
+                Some(i) => &piece[..i],
+                None => piece,
+            };
+            // Our names are ASCII: a name that is not UTF-8 is not ours.
+            let ours = std::str::from_utf8(name).is_ok_and(|n| names.is_proxy_cookie(n));
+            if ours {
                 removed += 1;
             } else {
                 kept.push(piece);
@@ -50,9 +75,19 @@ pub fn strip_proxy_cookies(
     } else if kept.is_empty() {
         CookieHeaderAction::Remove
     } else {
-        CookieHeaderAction::Replace(kept.join("; "))
+        CookieHeaderAction::Replace(kept.join(&b"; "[..]))
     };
     (action, removed)
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 #[cfg(test)]
@@ -128,5 +163,17 @@ mod tests {
         );
         assert_eq!(strip(&[""]), (CookieHeaderAction::Unchanged, 0));
         assert_eq!(strip(&[]), (CookieHeaderAction::Unchanged, 0));
+    }
+
+    #[test]
+    fn raw_bytes_are_kept_byte_for_byte() {
+        let names = ProxyCookieNames::default();
+        let (action, removed) =
+            strip_proxy_cookies_bytes(&names, &[b"a=\xff\xfe; __Host-portcullis=x", b"\x80=1;b=2"]);
+        assert_eq!(removed, 1);
+        assert_eq!(
+            action,
+            CookieHeaderAction::Replace(b"a=\xff\xfe; \x80=1; b=2".to_vec())
+        );
     }
 }
