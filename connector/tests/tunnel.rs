@@ -339,3 +339,311 @@ async fn reload_keeps_tunnels_and_an_unknown_app_is_fetched_on_demand() {
     c.stop().await;
     w.edge.stop().await;
 }
+
+/// An HTTPS sample app whose certificate is issued by a fresh CA; returns (addr, ca_pem, leaf_spki_pin_b64).
+async fn start_tls_backend(dir: &std::path::Path) -> (std::net::SocketAddr, std::path::PathBuf, String) {
+    use base64::Engine as _;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::sync::Arc;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("backend CA {}", rand::random::<u32>()));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_path = dir.join("backend-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let pin = portcullis_connector::pki::spki_sha256(leaf.der()).unwrap();
+    let pin = base64::engine::general_purpose::STANDARD.encode(pin);
+    let server = rustls::ServerConfig::builder_with_provider(portcullis_connector::pki::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let svc = hyper::service::service_fn(move |req| {
+                    let hits = hits.clone();
+                    async move { Ok::<_, std::convert::Infallible>(sample_app(req, "tls", hits).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_path, pin)
+}
+
+#[tokio::test]
+async fn https_backends_pinned_or_ca_verified_are_accepted_and_others_refused() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, ca_path, pin) = start_tls_backend(dir.path()).await;
+    let (_, other_ca, _) = start_tls_backend(&dir.path().join("x").tap_mkdir()).await;
+    let url = format!("https://{addr}");
+    let wrong_pin = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let mut pinned = app("pinned", "default", &url);
+    pinned.spki_sha256 = vec![pin.clone()];
+    let mut unpinned = app("unpinned", "default", &url);
+    unpinned.spki_sha256 = vec![wrong_pin.clone()];
+    let mut by_ca = app("by-ca", "default", &url);
+    by_ca.backend_ca_file = Some(ca_path.clone());
+    let mut wrong_ca = app("wrong-ca", "default", &url);
+    wrong_ca.backend_ca_file = Some(other_ca);
+    let mut ca_and_wrong_pin = app("ca-and-wrong-pin", "default", &url);
+    ca_and_wrong_pin.backend_ca_file = Some(ca_path);
+    ca_and_wrong_pin.spki_sha256 = vec![wrong_pin];
+    let w = world(|_| vec![pinned, unpinned, by_ca, wrong_ca, ca_and_wrong_pin]).await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    let client = client();
+    for (name, status, code) in [
+        ("pinned", 200, None),
+        ("by-ca", 200, None),
+        ("unpinned", 502, Some("backend_pin_mismatch")),
+        ("ca-and-wrong-pin", 502, Some("backend_pin_mismatch")),
+        ("wrong-ca", 502, Some("backend_tls_untrusted")),
+    ] {
+        let r = req(&w.edge, name, "/echo")
+            .header("accept", "application/json")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        let (s, headers, body) = send(&client, r).await;
+        assert_eq!(s.as_u16(), status, "{name}: {body:?}");
+        if let Some(code) = code {
+            assert_eq!(headers["x-portcullis-error"], code, "{name}");
+            let v = json(&body);
+            assert_eq!(v["error"], code);
+            assert!(v["message"].as_str().unwrap().contains(name), "{v}");
+        } else {
+            assert_eq!(json(&body)["app"], "tls");
+        }
+    }
+    // An https backend with neither CA nor pins is refused at configuration time.
+    let mut f = w.edge.file.clone();
+    f.apps.push(app("naked", "default", &url));
+    let err = f.validate().unwrap_err();
+    assert_eq!(err.field, "apps[5].spki_sha256");
+    c.stop().await;
+    w.edge.stop().await;
+}
+
+#[tokio::test]
+async fn config_is_cached_and_served_while_the_edge_is_down_then_tunnels_reconnect_after_edge_restart() {
+    let w = world(hello).await;
+    let cdir = w.dir.path().join("c1");
+    let cfg = register(&w.edge, &w.idp, &cdir, "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    eventually(10, "config", || c.handle.config().is_some()).await;
+    assert!(cdir.join("config-cache.json").exists());
+    let view = c.handle.config().unwrap();
+    assert_eq!(view.group, "default");
+    assert_eq!(view.apps.len(), 1);
+    assert_eq!(view.apps[0].name, "hello");
+    c.stop().await;
+
+    // Edge goes down; the connector (re)starts from its cache.
+    let mut file = w.edge.file.clone();
+    let h = &w.edge.handle;
+    file.listen.registration = h.registration_addr.to_string();
+    file.listen.tunnel = h.tunnel_addr.to_string();
+    file.listen.local = h.local_addr.to_string();
+    w.edge.stop().await;
+    let c = start_connector(&cfg).await;
+    assert_eq!(c.handle.config().as_ref(), Some(&view), "served from cache at start");
+    let m = c.handle.metrics();
+    eventually(10, "failed pulls and dials", || {
+        m.errors_with("config_pull_failed") >= 1 && m.errors_with("tunnel_connect_failed") >= 2
+    })
+    .await;
+    assert_eq!(c.handle.config().as_ref(), Some(&view), "cache kept while the edge is unreachable");
+
+    // Edge comes back on the same addresses with the same CA: tunnels reconnect.
+    let edge = start_edge(file).await;
+    wait_tunnels(&edge, 2).await;
+    let client = client();
+    let (status, _, body) = get(&client, &edge, "hello", "/echo").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    c.stop().await;
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn renewal_switches_certificates_without_dropping_open_streams() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+    let w = world(hello).await;
+    let mut cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    cfg.renew_after_seconds = 30 * 86_400;
+    cfg.renew_check_seconds = 1;
+    // Injected clock: the test moves time forward to age the certificate.
+    let offset = Arc::new(AtomicU64::new(0));
+    let clock = {
+        let offset = offset.clone();
+        Arc::new(move || SystemTime::now() + Duration::from_secs(offset.load(Ordering::SeqCst)))
+    };
+    let (trigger, shutdown) = portcullis_connector::Shutdown::new();
+    let c = portcullis_connector::connector::start_with_clock(cfg.validate().unwrap(), shutdown, clock)
+        .await
+        .unwrap();
+    wait_tunnels(&w.edge, 2).await;
+    let old_serial = c.cert_serial();
+    assert!(w.edge.handle.tunnels().iter().all(|t| t.cert_serial == old_serial));
+    let client = client();
+    // Open streams: a slow download (3 s) and an upload, both in flight during renewal.
+    let drip = {
+        let client = client.clone();
+        let r = req(&w.edge, "hello", "/drip?chunks=30&ms=100")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        tokio::spawn(async move { send(&client, r).await })
+    };
+    let upload = {
+        let client = client.clone();
+        let body = throttled_pattern(8 << 20, 64 * 1024, Duration::from_millis(20));
+        let r = req(&w.edge, "hello", "/upload").method("POST").body(body).unwrap();
+        tokio::spawn(async move { send(&client, r).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    offset.store(31 * 86_400, Ordering::SeqCst);
+    let m = c.metrics();
+    eventually(10, "renewal", || m.renewals_total.load(Ordering::Relaxed) == 1).await;
+    offset.store(0, Ordering::SeqCst);
+    let new_serial = c.cert_serial();
+    assert_ne!(new_serial, old_serial);
+    // New tunnels carry the new certificate; the old ones drain and go.
+    eventually(10, "tunnels on the new certificate", || {
+        let t = w.edge.handle.tunnels();
+        t.len() == 2 && t.iter().all(|t| t.cert_serial == new_serial)
+    })
+    .await;
+    let (status, _, body) = drip.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 30 * 5, "the open download completed");
+    let (status, _, body) = upload.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let v = json(&body);
+    assert_eq!(v["bytes"], 8 << 20);
+    assert_eq!(v["pattern_ok"], true);
+    let (status, _, _) = get(&client, &w.edge, "hello", "/echo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(m.renewals_total.load(Ordering::Relaxed), 1);
+    assert_eq!(w.edge.handle.metrics().renewals_total.load(Ordering::Relaxed), 1);
+    // The stored certificate is the new one.
+    let pem = std::fs::read_to_string(w.dir.path().join("c1/cert.pem")).unwrap();
+    let der = portcullis_connector::pki::parse_certs_pem(&pem).unwrap().remove(0);
+    assert_eq!(portcullis_connector::pki::ConnectorIdentity::from_cert(&der).unwrap().serial, new_serial);
+    trigger.trigger();
+    c.wait().await;
+    w.edge.stop().await;
+}
+
+/// `n` pattern bytes in `chunk`-sized pieces, one every `pause`.
+fn throttled_pattern(n: u64, chunk: u64, pause: std::time::Duration) -> portcullis_connector::body::BoxBody {
+    let stream = futures_util::stream::unfold(0u64, move |off| async move {
+        if off >= n {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        let len = (n - off).min(chunk) as usize;
+        let v: Vec<u8> = (0..len).map(|i| ((off + i as u64) % 251) as u8).collect();
+        Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(v))), off + len as u64))
+    });
+    portcullis_connector::body::boxed(http_body_util::StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let w = world(hello).await;
+    let cfg1 = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let cfg2 = register(&w.edge, &w.idp, &w.dir.path().join("c2"), "default").await;
+    let c1 = start_connector(&cfg1).await;
+    let c2 = start_connector(&cfg2).await;
+    wait_tunnels(&w.edge, 4).await;
+    let id1 = c1.handle.connector_id();
+    let client = client();
+    // Steady traffic from 8 workers; each records failures of requests started after the kill.
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let after_ok = Arc::new(AtomicU64::new(0));
+    let after_failed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, killed, stop, ok, failed) =
+            (client.clone(), killed.clone(), stop.clone(), after_ok.clone(), after_failed.clone());
+        let url = format!("http://{}/slow?ms=5", w.edge.handle.local_addr);
+        let r = move || {
+            http::Request::get(&url)
+                .header("x-portcullis-app", "hello")
+                .body(portcullis_connector::body::empty())
+                .unwrap()
+        };
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let started_after_kill = killed.load(Ordering::SeqCst);
+                let status = client.request(r()).await.map(|r| r.status().as_u16()).unwrap_or(0);
+                if started_after_kill {
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let served_by = |edge: &Edge| {
+        let mut by = std::collections::BTreeMap::<String, u64>::new();
+        for t in edge.handle.tunnels() {
+            *by.entry(t.connector_id).or_default() += t.served;
+        }
+        by
+    };
+    let by = served_by(&w.edge);
+    assert_eq!(by.len(), 2, "both connectors serve: {by:?}");
+    let total: u64 = by.values().sum();
+    for (id, n) in &by {
+        assert!(*n * 5 >= total, "{id} served {n} of {total}: load is not shared");
+    }
+    // Kill connector 1 abruptly (no drain).
+    c1.handle.abort();
+    killed.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for wk in workers {
+        wk.await.unwrap();
+    }
+    assert!(after_ok.load(Ordering::Relaxed) > 50, "traffic continued");
+    assert_eq!(after_failed.load(Ordering::Relaxed), 0, "no request started after the kill was lost");
+    let left = served_by(&w.edge);
+    assert!(!left.contains_key(&id1), "the killed connector's tunnels are gone: {left:?}");
+    c2.stop().await;
+    w.edge.stop().await;
+}
