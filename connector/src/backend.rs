@@ -197,33 +197,43 @@ impl Backend {
         None
     }
 
-    /// Sends `req` (origin-form URI, headers ready) and waits for response headers
-    /// within the app's timeout; the body streams afterwards.
-    pub async fn send(self: &Arc<Self>, req: Request<BoxBody>) -> Result<Response<Incoming>, BackendError> {
+    /// Sends `req` (origin-form URI, headers ready) and waits for the response headers.
+    /// The app's timeout covers connecting and, once the request body has been sent
+    /// (`body_done` fires or is dropped; `None` = no body), the wait for the response
+    /// headers — a long upload is not cut short. The response body streams afterwards.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<BoxBody>,
+        body_done: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Result<Response<Incoming>, BackendError> {
         let timeout = Duration::from_millis(self.app.timeout_ms);
+        let timed_out = || BackendError::Timeout(self.app.timeout_ms);
+        let mut sender = match self.pooled() {
+            Some(s) => s,
+            None => tokio::time::timeout(timeout, self.connect())
+                .await
+                .map_err(|_| timed_out())??,
+        };
+        let fut = sender.send_request(req);
         let this = self.clone();
-        let attempt = async move {
-            let mut sender = match this.pooled() {
-                Some(s) => s,
-                None => this.connect().await?,
-            };
-            let fut = sender.send_request(req);
-            let this2 = this.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    if let Ok(mut pool) = this2.pool.lock() {
-                        if pool.len() < POOL_MAX {
-                            pool.push(sender);
-                        }
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                if let Ok(mut pool) = this.pool.lock() {
+                    if pool.len() < POOL_MAX {
+                        pool.push(sender);
                     }
                 }
-            });
-            fut.await.map_err(|e| BackendError::Protocol(e.to_string()))
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout(self.app.timeout_ms)),
+            }
+        });
+        let fut = async move { fut.await.map_err(|e| BackendError::Protocol(crate::error_chain(&e))) };
+        tokio::pin!(fut);
+        if let Some(done) = body_done {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = done => {}
+            }
         }
+        tokio::time::timeout(timeout, fut).await.map_err(|_| timed_out())?
     }
 }
 
@@ -257,7 +267,7 @@ pub async fn fetch_url(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>, Bac
         .header(http::header::ACCEPT, "application/json")
         .body(empty())
         .map_err(|e| BackendError::Settings(e.to_string()))?;
-    let resp = backend.send(req).await?;
+    let resp = backend.send(req, None).await?;
     if !resp.status().is_success() {
         return Err(BackendError::Protocol(format!("status {}", resp.status())));
     }

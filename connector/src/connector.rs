@@ -868,7 +868,21 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
         headers.insert(header::HOST, v);
     }
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut up = Request::new(Tracked::new(boxed(body), state.metrics.bytes_up_total.clone(), None).boxed_unsync());
+    let body_done = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        Some(tokio::sync::oneshot::channel::<()>())
+    };
+    let (done_guard, body_done): (Option<Box<dyn Send>>, _) = match body_done {
+        Some((tx, rx)) => (
+            Some(Box::new(OnDrop::new(move || {
+                let _ = tx.send(());
+            }))),
+            Some(rx),
+        ),
+        None => (None, None),
+    };
+    let mut up = Request::new(Tracked::new(boxed(body), state.metrics.bytes_up_total.clone(), done_guard).boxed_unsync());
     *up.method_mut() = parts.method;
     *up.headers_mut() = headers;
     match backend.backend_path(pq).parse() {
@@ -885,7 +899,7 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
             m.streams_active.fetch_sub(1, Ordering::Relaxed);
         })
     };
-    match backend.send(up).await {
+    match backend.send(up, body_done).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             for h in HOP_BY_HOP {
