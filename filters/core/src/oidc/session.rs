@@ -359,6 +359,25 @@ mod tests {
         }
     }
 
+    /// Per-request cost of opening a session cookie (20 groups). Run with
+    /// `cargo test --release -p portcullis-core open_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn open_cost() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let id = alice(20);
+        let v = seal_session(&app.id, s, &id, [3; 12]).unwrap();
+        let n = 20_000u32;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let got = open_session(&s.sealer, &s.cookie.name, &app.id, &v, id.iat).unwrap();
+            assert_eq!(got.groups.len(), 20);
+        }
+        let per = start.elapsed() / n;
+        println!("open_session with 20 groups: {per:?} per cookie ({} byte value)", v.len());
+    }
+
     #[test]
     fn session_expiry_and_tamper() {
         let app = app();

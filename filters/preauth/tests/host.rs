@@ -1,0 +1,496 @@
+//! Host tests on the release `portcullis_preauth.wasm`: the whole OpenID
+//! Connect flow with a programmable provider (discovery, JWKS, token endpoint).
+//!
+//! Build the module first:
+//! `cargo build --release --target wasm32-wasip1 -p portcullis-preauth`
+//! (set `PORTCULLIS_WASM_DIR` when using another target directory).
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use portcullis_host_tests::{Action, Filter, HttpCall, Plugin, SharedData};
+use std::sync::OnceLock;
+use std::time::Duration as StdDuration;
+
+const ISS: &str = "https://idp.test";
+const CLIENT: &str = "portcullis";
+const NOW: u64 = 1_800_000_000;
+const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+fn signing_key() -> &'static ES256KeyPair {
+    static K: OnceLock<ES256KeyPair> = OnceLock::new();
+    K.get_or_init(|| ES256KeyPair::generate().with_key_id("k1"))
+}
+
+fn rotated_key() -> &'static ES256KeyPair {
+    static K: OnceLock<ES256KeyPair> = OnceLock::new();
+    K.get_or_init(|| ES256KeyPair::generate().with_key_id("k2"))
+}
+
+fn jwk(k: &ES256KeyPair, kid: &str) -> String {
+    let p = k.public_key().public_key().to_bytes_uncompressed();
+    format!(
+        r#"{{"kty":"EC","crv":"P-256","kid":"{kid}","use":"sig","x":"{}","y":"{}"}}"#,
+        B64.encode(&p[1..33]),
+        B64.encode(&p[33..65])
+    )
+}
+
+fn jwks(keys: &[(&ES256KeyPair, &str)]) -> String {
+    let keys: Vec<String> = keys.iter().map(|(k, kid)| jwk(k, kid)).collect();
+    format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+}
+
+fn discovery() -> String {
+    format!(
+        r#"{{"issuer":"{ISS}","authorization_endpoint":"{ISS}/auth","token_endpoint":"{ISS}/token",
+        "jwks_uri":"{ISS}/jwks","end_session_endpoint":"{ISS}/logout"}}"#
+    )
+}
+
+fn config() -> String {
+    format!(
+        r#"{{"apps":[
+        {{"id":"hr","hosts":["hr.localhost"],"issuer":"{ISS}","client_id":"{CLIENT}",
+          "client_secret":"s3cret","cluster":"idp","token_timeout_ms":3000,
+          "sealing_keys":["{KEY}"],"unauthenticated_paths":["/public"]}},
+        {{"id":"open","hosts":["open.localhost"],"mode":"passthrough"}}]}}"#
+    )
+}
+
+const WASM_NOTE: &str =
+    "build the module first: cargo build --release --target wasm32-wasip1 -p portcullis-preauth";
+
+fn start_with(shared: SharedData) -> Plugin {
+    let p = Plugin::builder(Filter::Preauth)
+        .config(config())
+        .cluster("idp")
+        .now_secs(NOW)
+        .shared(shared)
+        .start()
+        .expect(WASM_NOTE);
+    assert!(p.configured(), "{:?}", p.log_messages());
+    p
+}
+
+fn pending_to(p: &Plugin, path: &str) -> HttpCall {
+    p.pending_calls()
+        .into_iter()
+        .find(|c| c.header(":path").as_deref() == Some(path))
+        .unwrap_or_else(|| panic!("no pending call to {path}: {:?}", p.http_calls()))
+}
+
+/// Starts a plugin and serves discovery and JWKS.
+fn ready() -> Plugin {
+    let mut p = start_with(SharedData::default());
+    p.tick().unwrap();
+    let d = pending_to(&p, "/.well-known/openid-configuration");
+    assert_eq!(d.upstream, "idp");
+    assert_eq!(d.header(":authority").as_deref(), Some("idp.test"));
+    p.respond_http_call(d.token, 200, &[], discovery().as_bytes())
+        .unwrap();
+    p.tick().unwrap();
+    let j = pending_to(&p, "/jwks");
+    p.respond_http_call(j.token, 200, &[], jwks(&[(signing_key(), "k1")]).as_bytes())
+        .unwrap();
+    p
+}
+
+const BROWSER: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
+
+fn request(p: &mut Plugin, host: &str, path: &str, extra: &[(&str, &str)]) -> (u32, Action) {
+    let s = p.new_stream().unwrap();
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", host),
+        (":scheme", "https"),
+        ("x-request-id", "rid-42"),
+    ];
+    h.extend_from_slice(extra);
+    let a = p.request_headers(s, &h, true).unwrap();
+    (s, a)
+}
+
+fn query(url: &str, name: &str) -> String {
+    let q = &url[url.find('?').unwrap() + 1..];
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .map(|v| {
+            v.replace("%2F", "/")
+                .replace("%3A", ":")
+                .replace("%2B", "+")
+        })
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+fn id_token_at(key: &ES256KeyPair, nonce: &str, now: u64) -> String {
+    let claims = Claims::with_custom_claims(
+        serde_json::json!({"email":"alice@example.com","preferred_username":"alice","groups":["staff","admins"]}),
+        jwt_simple::prelude::Duration::from_secs(3600),
+    )
+    .with_issuer(ISS)
+    .with_audience(CLIENT)
+    .with_subject("alice-sub")
+    .with_nonce(nonce);
+    let mut claims = claims;
+    claims.issued_at = Some(jwt_simple::prelude::Duration::from_secs(now));
+    claims.expires_at = Some(jwt_simple::prelude::Duration::from_secs(now + 3600));
+    claims.invalid_before = None;
+    key.sign(claims).unwrap()
+}
+
+fn id_token(key: &ES256KeyPair, nonce: &str) -> String {
+    id_token_at(key, nonce, NOW)
+}
+
+/// Navigates to `original`, returns (state cookie pair, state, nonce).
+fn start_login(p: &mut Plugin, original: &str) -> (String, String, String) {
+    let (s, a) = request(p, "hr.localhost", original, &[BROWSER]);
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).expect("a redirect to the provider");
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap();
+    assert!(loc.starts_with(&format!("{ISS}/auth?")), "{loc}");
+    assert_eq!(query(&loc, "response_type"), "code");
+    assert_eq!(query(&loc, "code_challenge_method"), "S256");
+    assert_eq!(
+        query(&loc, "redirect_uri"),
+        "https://hr.localhost/.auth/callback"
+    );
+    let set = r.header("set-cookie").unwrap();
+    assert!(set.contains("Max-Age=600"));
+    let pair = set.split(';').next().unwrap().to_string();
+    (pair, query(&loc, "state"), query(&loc, "nonce"))
+}
+
+/// Sends the callback and returns the stream and the token-endpoint call.
+fn callback(p: &mut Plugin, cookie: &str, state: &str) -> (u32, HttpCall) {
+    let path = format!("/.auth/callback?code=c0de&state={state}");
+    let (s, a) = request(p, "hr.localhost", &path, &[BROWSER, ("cookie", cookie)]);
+    assert_eq!(a, Action::Pause, "{:?}", p.local_response(s));
+    assert!(p.local_response(s).is_none());
+    let call = pending_to(p, "/token");
+    (s, call)
+}
+
+fn sign_in(p: &mut Plugin, original: &str) -> String {
+    let (cookie, state, nonce) = start_login(p, original);
+    let (s, call) = callback(p, &cookie, &state);
+    let now = p.now_nanos() / 1_000_000_000;
+    let body = format!(
+        r#"{{"id_token":"{}"}}"#,
+        id_token_at(signing_key(), &nonce, now)
+    );
+    p.respond_http_call(call.token, 200, &[], body.as_bytes())
+        .unwrap();
+    let r = p.local_response(s).expect("a redirect back");
+    assert_eq!(r.status, 302, "{}", r.body_text());
+    assert_eq!(r.header("location").as_deref(), Some(original));
+    let cookies = r.headers_named("set-cookie");
+    assert!(cookies[0].starts_with("__Host-portcullis="));
+    assert!(cookies[0].contains("Secure; HttpOnly; SameSite=Lax"));
+    assert!(cookies[1].contains("Max-Age=0"));
+    cookies[0].split(';').next().unwrap().to_string()
+}
+
+#[test]
+fn whole_flow_with_identity_headers_and_handoff() {
+    let mut p = ready();
+    let (cookie, state, nonce) = start_login(&mut p, "/reports?q=1");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    assert_eq!(call.upstream, "idp");
+    assert_eq!(call.timeout_ms, 3000);
+    let body = String::from_utf8_lossy(&call.body).to_string();
+    assert!(body.contains("grant_type=authorization_code"), "{body}");
+    assert!(body.contains("code=c0de"));
+    assert!(body.contains("code_verifier="));
+    assert!(call.header("authorization").unwrap().starts_with("Basic "));
+    let token = format!(r#"{{"id_token":"{}"}}"#, id_token(signing_key(), &nonce));
+    p.respond_http_call(call.token, 200, &[], token.as_bytes())
+        .unwrap();
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location").as_deref(), Some("/reports?q=1"));
+    let session = r.headers_named("set-cookie")[0]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // With the session: spoofed headers are removed, identity headers added.
+    let fuel_before = p.fuel_consumed();
+    let (s, a) = request(
+        &mut p,
+        "hr.localhost",
+        "/reports",
+        &[
+            BROWSER,
+            ("cookie", &session),
+            ("x-forwarded-user", "mallory"),
+            ("X_Forwarded_Email", "m@evil"),
+            ("x-portcullis-identity", "forged"),
+        ],
+    );
+    assert_eq!(a, Action::Continue);
+    println!(
+        "fuel for one request with a session cookie: {}",
+        p.fuel_consumed() - fuel_before
+    );
+    assert!(p.local_response(s).is_none());
+    assert_eq!(
+        p.request_header(s, "x-forwarded-user").as_deref(),
+        Some("alice-sub")
+    );
+    assert_eq!(
+        p.request_header(s, "x-forwarded-email").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        p.request_header(s, "x-forwarded-groups").as_deref(),
+        Some("staff,admins")
+    );
+    assert_eq!(p.request_header(s, "x_forwarded_email"), None);
+    assert_eq!(p.request_header(s, "x-portcullis-identity"), None);
+    let handoff = p
+        .stream(s)
+        .filter_state
+        .get("portcullis_identity")
+        .expect("identity handed to later filters");
+    let v: serde_json::Value = serde_json::from_slice(&handoff).unwrap();
+    assert_eq!(v["v"], 1);
+    assert_eq!(v["app"], "hr");
+    assert_eq!(v["identity"]["sub"], "alice-sub");
+
+    // /.auth/me
+    let (s, _) = request(&mut p, "hr.localhost", "/.auth/me", &[("cookie", &session)]);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 200);
+    let me: serde_json::Value = serde_json::from_str(&r.body_text()).unwrap();
+    assert_eq!(me["email"], "alice@example.com");
+
+    // Logout clears the cookie and goes to the provider's end-session endpoint.
+    let (s, _) = request(
+        &mut p,
+        "hr.localhost",
+        "/.auth/logout",
+        &[BROWSER, ("cookie", &session)],
+    );
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 302);
+    assert!(r
+        .header("location")
+        .unwrap()
+        .starts_with(&format!("{ISS}/logout")));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+#[test]
+fn requests_wait_for_the_provider_and_are_resumed() {
+    let mut p = start_with(SharedData::default());
+    let (s, a) = request(&mut p, "hr.localhost", "/x", &[BROWSER]);
+    assert_eq!(a, Action::Pause);
+    assert!(p.local_response(s).is_none(), "must wait, not answer");
+    p.tick().unwrap();
+    let d = pending_to(&p, "/.well-known/openid-configuration");
+    p.respond_http_call(d.token, 200, &[], discovery().as_bytes())
+        .unwrap();
+    let r = p
+        .local_response(s)
+        .expect("resumed once the endpoints are known");
+    assert_eq!(r.status, 302);
+}
+
+#[test]
+fn provider_down_gives_keys_unavailable_after_the_wait_limit() {
+    let mut p = start_with(SharedData::default());
+    let (s, _) = request(&mut p, "hr.localhost", "/x", &[BROWSER]);
+    p.tick().unwrap();
+    let d = pending_to(&p, "/.well-known/openid-configuration");
+    p.fail_http_call(d.token).unwrap();
+    assert!(p.local_response(s).is_none());
+    p.advance(StdDuration::from_secs(11));
+    p.tick().unwrap();
+    let r = p.local_response(s).expect("a denial after the wait limit");
+    assert_eq!(r.status, 503);
+    assert!(r.body_text().contains("keys_unavailable"));
+    assert!(r.body_text().contains("rid-42"));
+}
+
+#[test]
+fn api_requests_get_401_json() {
+    let mut p = ready();
+    let (s, _) = request(
+        &mut p,
+        "hr.localhost",
+        "/api/data",
+        &[("accept", "application/json")],
+    );
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    let v: serde_json::Value = serde_json::from_str(&r.body_text()).unwrap();
+    assert_eq!(v["error"], "login_required");
+    assert_eq!(v["request_id"], "rid-42");
+    let (s, _) = request(
+        &mut p,
+        "hr.localhost",
+        "/public/x",
+        &[("x-forwarded-user", "mallory")],
+    );
+    assert!(p.local_response(s).is_none());
+    assert_eq!(p.request_header(s, "x-forwarded-user"), None);
+}
+
+#[test]
+fn passthrough_strips_identity_headers() {
+    let mut p = start_with(SharedData::default());
+    let (s, a) = request(
+        &mut p,
+        "open.localhost",
+        "/",
+        &[
+            ("X-Forwarded-User", "mallory"),
+            ("x_forwarded_groups", "admins"),
+            ("X-Portcullis-Whatever", "1"),
+        ],
+    );
+    assert_eq!(a, Action::Continue);
+    for h in [
+        "x-forwarded-user",
+        "x_forwarded_groups",
+        "x-portcullis-whatever",
+    ] {
+        assert_eq!(p.request_header(s, h), None, "{h}");
+    }
+    assert!(p
+        .stream(s)
+        .filter_state
+        .get("portcullis_identity")
+        .is_none());
+}
+
+#[test]
+fn token_exchange_timeout_and_failure() {
+    let mut p = ready();
+    let (cookie, state, _) = start_login(&mut p, "/");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    p.advance(StdDuration::from_millis(3000));
+    p.fail_http_call(call.token).unwrap();
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 504);
+    assert!(r.body_text().contains("token_exchange_timeout"));
+
+    let (cookie, state, _) = start_login(&mut p, "/");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    p.respond_http_call(call.token, 400, &[], br#"{"error":"invalid_grant"}"#)
+        .unwrap();
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.body_text().contains("token_exchange_failed"));
+}
+
+#[test]
+fn callback_without_state_cookie_fails_and_nonce_is_checked() {
+    let mut p = ready();
+    let (_, state, _) = start_login(&mut p, "/");
+    let path = format!("/.auth/callback?code=c&state={state}");
+    let (s, _) = request(&mut p, "hr.localhost", &path, &[BROWSER]);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body_text().contains("state_missing"));
+
+    let (cookie, state, _) = start_login(&mut p, "/");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    let body = format!(
+        r#"{{"id_token":"{}"}}"#,
+        id_token(signing_key(), "not-the-nonce")
+    );
+    p.respond_http_call(call.token, 200, &[], body.as_bytes())
+        .unwrap();
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body_text().contains("nonce_mismatch"));
+}
+
+#[test]
+fn unknown_kid_refetches_the_keys_once() {
+    let mut p = ready();
+    // The forced refetch is rate-limited against the last fetch.
+    p.advance(StdDuration::from_secs(31));
+    let (cookie, state, nonce) = start_login(&mut p, "/after-rotation");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    let body = format!(r#"{{"id_token":"{}"}}"#, id_token(rotated_key(), &nonce));
+    p.respond_http_call(call.token, 200, &[], body.as_bytes())
+        .unwrap();
+    assert!(p.local_response(s).is_none(), "waits for fresh keys");
+    p.tick().unwrap();
+    let j = pending_to(&p, "/jwks");
+    p.respond_http_call(
+        j.token,
+        200,
+        &[],
+        jwks(&[(signing_key(), "k1"), (rotated_key(), "k2")]).as_bytes(),
+    )
+    .unwrap();
+    let r = p.local_response(s).expect("resumed after the refetch");
+    assert_eq!(r.status, 302, "{}", r.body_text());
+    assert_eq!(r.header("location").as_deref(), Some("/after-rotation"));
+}
+
+#[test]
+fn unknown_kid_within_the_rate_limit_is_refused() {
+    let mut p = ready();
+    let (cookie, state, nonce) = start_login(&mut p, "/");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    let body = format!(r#"{{"id_token":"{}"}}"#, id_token(rotated_key(), &nonce));
+    p.respond_http_call(call.token, 200, &[], body.as_bytes())
+        .unwrap();
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body_text().contains("unknown_key"));
+    p.tick().unwrap();
+    assert!(
+        p.pending_calls().is_empty(),
+        "no refetch inside the rate limit"
+    );
+}
+
+#[test]
+fn keys_are_shared_between_workers_and_survive_a_failed_refresh() {
+    let mut a = ready();
+    let mut b = start_with(a.shared());
+    b.tick().unwrap();
+    assert!(
+        b.pending_calls().is_empty(),
+        "the second worker uses the published documents: {:?}",
+        b.http_calls()
+    );
+    sign_in(&mut b, "/from-b");
+
+    // After the refresh period a fetch that fails keeps the last good keys.
+    a.advance(StdDuration::from_secs(3601));
+    a.tick().unwrap();
+    for c in a.pending_calls() {
+        a.respond_http_call(c.token, 500, &[], b"oops").unwrap();
+    }
+    a.tick().unwrap();
+    sign_in(&mut a, "/still-works");
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_field_named() {
+    let p = Plugin::builder(Filter::Preauth)
+        .config(
+            r#"{"apps":[{"id":"x","hosts":["x"],"mode":"oidc","allowed_algorithms":["none"]}]}"#,
+        )
+        .start()
+        .expect(WASM_NOTE);
+    assert!(!p.configured());
+    assert!(
+        p.log_messages().iter().any(|m| m.contains("apps[0]")),
+        "{:?}",
+        p.log_messages()
+    );
+}
