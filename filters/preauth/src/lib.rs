@@ -465,7 +465,8 @@ fn on_call_answer(vm: &Rc<RefCell<Vm>>, token: u32, num_headers: usize, body_siz
                 x.pending.request_id,
                 denial.code()
             );
-            send(&finish_login_denial(&x.pending, denial));
+            let config = Rc::clone(&vm.borrow().config);
+            send(&finish_login_denial(&config, &x.pending, denial));
             return;
         }
         finish(vm, x.context_id, x.pending, status, body, false);
@@ -735,7 +736,12 @@ fn decide(vm_rc: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool, timed_out: bo
                     "portcullis-preauth: [{request_id}] cannot call the token endpoint through `{}`: {e}",
                     call.cluster
                 );
-                send(&finish_login_denial(&pending, Denial::TokenExchangeFailed));
+                let config = Rc::clone(&vm_rc.borrow().config);
+                send(&finish_login_denial(
+                    &config,
+                    &pending,
+                    Denial::TokenExchangeFailed,
+                ));
                 Action::Pause
             }
         },
@@ -786,7 +792,9 @@ fn finish(
                     "portcullis-preauth: [{}] no random bytes from the host",
                     pending.request_id
                 );
+                let config = Rc::clone(&vm_rc.borrow().config);
                 send(&finish_login_denial(
+                    &config,
                     &pending,
                     internal_error("The proxy could not create a session."),
                 ));
@@ -814,12 +822,13 @@ fn finish(
                 } else {
                     Denial::UnknownKey
                 };
+                let config = Rc::clone(&vm.config);
                 drop(vm);
                 log::warn!(
                     "portcullis-preauth: [{}] ID token names unknown key {kid:?}",
                     pending.request_id
                 );
-                send(&finish_login_denial(&pending, denial));
+                send(&finish_login_denial(&config, &pending, denial));
                 return;
             }
             p.force_keys = true;

@@ -174,6 +174,8 @@ struct RawApp {
     unauthenticated_paths: Vec<String>,
     #[serde(default)]
     bearer: Option<RawBearer>,
+    #[serde(default)]
+    post_logout_redirect_uri: Option<String>,
 }
 
 /// Cookie switches of an app (as in the reference: HttpOnly, Secure, persistent).
@@ -254,6 +256,9 @@ pub struct OidcSettings {
     pub unauthenticated_paths: Vec<String>,
     /// Audience for `Authorization: Bearer` access tokens; `None` disables bearer tokens.
     pub bearer_audience: Option<String>,
+    /// Where the provider sends the browser after logout: an absolute URL, or a
+    /// path of the app (made absolute with the external origin).
+    pub post_logout_redirect_uri: Option<String>,
 }
 
 impl fmt::Debug for OidcSettings {
@@ -620,6 +625,18 @@ impl RawApp {
             Some(b) => Some(b.audience),
             None => None,
         };
+        let post_logout_redirect_uri = match self.post_logout_redirect_uri {
+            Some(u) if u.starts_with('/') => {
+                crate::redirect::validate(&u)
+                    .map_err(|e| ConfigError::new("post_logout_redirect_uri", e.to_string()))?;
+                Some(u)
+            }
+            Some(u) => {
+                url("post_logout_redirect_uri", &u)?;
+                Some(u)
+            }
+            None => None,
+        };
         Ok(AppConfig {
             id: self.id,
             hosts,
@@ -644,6 +661,7 @@ impl RawApp {
                 policy_groups: self.policy_groups,
                 unauthenticated_paths,
                 bearer_audience,
+                post_logout_redirect_uri,
             }),
         })
     }

@@ -123,10 +123,22 @@ pub fn authorization_url(
     metadata.authorization_endpoint.with_query(&params)
 }
 
-/// The redirect URI: `<scheme>://<host>/.auth/callback`. The scheme is the
+/// The redirect URI: `<scheme>://<host>/.auth/callback` (see [`external_origin`]).
+pub fn redirect_uri(
+    settings: &OidcSettings,
+    host: &str,
+    forwarded_proto: Option<&str>,
+) -> Option<String> {
+    Some(format!(
+        "{}/.auth/callback",
+        external_origin(settings, host, forwarded_proto)?
+    ))
+}
+
+/// The app's external origin `<scheme>://<host>`. The scheme is the
 /// configured one, else `x-forwarded-proto` (`http`/`https` only), else `https`.
 /// `None` when `host` is not a plausible host name.
-pub fn redirect_uri(
+pub fn external_origin(
     settings: &OidcSettings,
     host: &str,
     forwarded_proto: Option<&str>,
@@ -144,10 +156,7 @@ pub fn redirect_uri(
         (None, Some(p)) if p.eq_ignore_ascii_case("http") => "http",
         _ => "https",
     };
-    Some(format!(
-        "{scheme}://{}/.auth/callback",
-        host.to_ascii_lowercase()
-    ))
+    Some(format!("{scheme}://{}", host.to_ascii_lowercase()))
 }
 
 #[cfg(test)]

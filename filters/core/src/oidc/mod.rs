@@ -541,12 +541,29 @@ fn logout(settings: &OidcSettings, req: &RequestView<'_>, provider: Provider<'_>
         "set-cookie".to_string(),
         session::clear_cookie(&settings.cookie, &settings.cookie.name),
     );
+    let after = settings.post_logout_redirect_uri.as_ref().and_then(|u| {
+        if u.starts_with('/') {
+            login::external_origin(settings, req.host, req.header("x-forwarded-proto"))
+                .map(|o| format!("{o}{u}"))
+        } else {
+            Some(u.clone())
+        }
+    });
     let response = match provider
         .metadata
         .and_then(|m| m.end_session_endpoint.as_ref())
     {
         Some(end) => {
-            let mut r = Response::redirect(&end.with_query(&[("client_id", &settings.client_id)]));
+            let mut params = vec![("client_id", settings.client_id.as_str())];
+            if let Some(a) = &after {
+                params.push(("post_logout_redirect_uri", a));
+            }
+            let mut r = Response::redirect(&end.with_query(&params));
+            r.headers.push(clear);
+            r
+        }
+        None if after.is_some() => {
+            let mut r = Response::redirect(after.as_deref().unwrap_or("/"));
             r.headers.push(clear);
             r
         }
@@ -595,8 +612,20 @@ pub enum LoginOutcome {
 }
 
 /// A denial for a pending login (timeout, unknown key after refetch, …).
-pub fn finish_login_denial(pending: &PendingLogin, denial: Denial) -> Response {
-    Response::from_denial(denial.render_as(&pending.request_id, pending.format))
+/// The login-state cookie is cleared as well.
+pub fn finish_login_denial(
+    config: &PreauthConfig,
+    pending: &PendingLogin,
+    denial: Denial,
+) -> Response {
+    let mut r = Response::from_denial(denial.render_as(&pending.request_id, pending.format));
+    if let Some(settings) = config.apps.get(pending.app).and_then(|a| a.oidc.as_ref()) {
+        r.headers.push((
+            "set-cookie".into(),
+            session::clear_cookie(&settings.cookie, &pending.state_cookie),
+        ));
+    }
+    r
 }
 
 /// Finishes a callback with the token endpoint's answer (`status`, `body`).
@@ -612,7 +641,7 @@ pub fn finish_login(
     now: u64,
     random: &mut dyn FnMut(&mut [u8]),
 ) -> LoginOutcome {
-    let fail = |d: Denial| LoginOutcome::Respond(finish_login_denial(pending, d));
+    let fail = |d: Denial| LoginOutcome::Respond(finish_login_denial(config, pending, d));
     let Some((app, settings)) = config
         .apps
         .get(pending.app)

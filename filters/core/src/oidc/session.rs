@@ -375,7 +375,10 @@ mod tests {
             assert_eq!(got.groups.len(), 20);
         }
         let per = start.elapsed() / n;
-        println!("open_session with 20 groups: {per:?} per cookie ({} byte value)", v.len());
+        println!(
+            "open_session with 20 groups: {per:?} per cookie ({} byte value)",
+            v.len()
+        );
     }
 
     #[test]

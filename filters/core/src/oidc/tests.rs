@@ -435,7 +435,8 @@ fn token_exchange_failures_and_token_checks_deny() {
         finish(Some(200), &token_body(&id_token(&nonce)), None),
         LoginOutcome::UnknownKey(None)
     );
-    let r = finish_login_denial(&pending, Denial::TokenExchangeTimeout);
+    let r = finish_login_denial(&w.config, &pending, Denial::TokenExchangeTimeout);
+    assert!(set_cookies(&r)[0].contains("Max-Age=0"));
     assert_eq!(r.status, 504);
     assert!(String::from_utf8_lossy(&r.body).contains("token_exchange_timeout"));
 }
@@ -607,4 +608,24 @@ fn rotation_keeps_sessions_valid() {
         session::open_session(&rs.sealer, &rs.cookie.name, "hr", &old, NOW).unwrap(),
         id
     );
+}
+
+#[test]
+fn logout_sends_the_post_logout_redirect_uri() {
+    let config =
+        PreauthConfig::from_json(config_json(r#","post_logout_redirect_uri":"/bye""#).as_bytes())
+            .unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    let r = respond(w.request("hr.localhost:10443", "/.auth/logout", &h(&[HTML])));
+    let loc = r.header("location").unwrap();
+    assert_eq!(
+        param(loc, "post_logout_redirect_uri").as_deref(),
+        Some("https://hr.localhost:10443/bye")
+    );
+    assert_eq!(param(loc, "client_id").as_deref(), Some(CLIENT));
 }
