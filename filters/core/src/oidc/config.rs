@@ -98,6 +98,18 @@ pub enum ClientAuth {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     apps: Vec<RawApp>,
+    #[serde(default)]
+    other_hosts: Option<OtherHosts>,
+}
+
+/// What happens to requests for a host no app lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherHosts {
+    /// Refuse with `404 unknown_host` (default: fail closed).
+    Deny,
+    /// Let them on unauthenticated (identity headers are still stripped).
+    Pass,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +310,8 @@ pub struct AppConfig {
 pub struct PreauthConfig {
     /// The apps, in configuration order.
     pub apps: Vec<AppConfig>,
+    /// Requests for hosts no app lists.
+    pub other_hosts: OtherHosts,
 }
 
 /// The default claim → header mapping.
@@ -694,7 +708,10 @@ impl PreauthConfig {
             }
             apps.push(app);
         }
-        Ok(PreauthConfig { apps })
+        Ok(PreauthConfig {
+            apps,
+            other_hosts: raw.other_hosts.unwrap_or(OtherHosts::Deny),
+        })
     }
 
     /// The app serving `host` (the `Host`/`:authority` value; port and case ignored).

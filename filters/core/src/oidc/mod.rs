@@ -254,6 +254,14 @@ pub fn on_request(
 ) -> Decision {
     let remove = headers_to_strip(owned, req.headers);
     let Some(app_index) = config.app_for_host(req.host) else {
+        if config.other_hosts == config::OtherHosts::Pass {
+            return Decision::Continue {
+                remove,
+                add: Vec::new(),
+                identity: None,
+                app_id: None,
+            };
+        }
         return deny(
             Denial::Other {
                 status: 404,

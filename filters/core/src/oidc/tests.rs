@@ -629,3 +629,29 @@ fn logout_sends_the_post_logout_redirect_uri() {
     );
     assert_eq!(param(loc, "client_id").as_deref(), Some(CLIENT));
 }
+
+#[test]
+fn other_hosts_can_pass_with_headers_stripped() {
+    let json = config_json("").replacen(r#"{"apps":["#, r#"{"other_hosts":"pass","apps":["#, 1);
+    let config = PreauthConfig::from_json(json.as_bytes()).unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    match w.request("health.internal", "/", &h(&[("x-forwarded-user", "x")])) {
+        Decision::Continue {
+            remove, identity, ..
+        } => {
+            assert_eq!(remove, vec!["x-forwarded-user"]);
+            assert!(identity.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = config_json("").replacen(r#"{"apps":["#, r#"{"other_hosts":"allow","apps":["#, 1);
+    assert_eq!(
+        PreauthConfig::from_json(bad.as_bytes()).unwrap_err().field,
+        "other_hosts"
+    );
+}
