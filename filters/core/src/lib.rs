@@ -11,6 +11,7 @@ pub mod denial;
 pub mod identity;
 pub mod oidc;
 pub mod path;
+pub mod policy;
 pub mod redirect;
 pub mod robots;
 pub mod seal;
