@@ -20,14 +20,20 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwt_simple::prelude::*;
 use portcullis_connector::body::{boxed, empty, full, BoxBody};
-use portcullis_connector::config::{AdminConfig, AppConfig, ConnectorConfigFile, EdgeConfigFile, EdgeListen};
+use portcullis_connector::config::{
+    AdminConfig, AppConfig, ConnectorConfigFile, EdgeConfigFile, EdgeListen,
+};
 use portcullis_connector::connector::{self, EdgeTrust, RegisterOptions};
 use portcullis_connector::{edge, Shutdown};
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
+type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> u64 {
@@ -53,7 +59,10 @@ async fn app(req: Request<Incoming>) -> Response<BoxBody> {
                         return None;
                     }
                     let len = (n - off).min(chunk.len() as u64) as usize;
-                    Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..len))), off + len as u64))
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..len))),
+                        off + len as u64,
+                    ))
                 }
             });
             Response::new(boxed(StreamBody::new(stream)))
@@ -79,10 +88,15 @@ async fn start_app() -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|r| async move { Ok::<_, Infallible>(app(r).await) });
+                let svc =
+                    hyper::service::service_fn(
+                        |r| async move { Ok::<_, Infallible>(app(r).await) },
+                    );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -112,7 +126,12 @@ fn request(base: &str, path: &str, via_edge: bool) -> Request<BoxBody> {
     r.body(empty()).unwrap_or_default()
 }
 
-async fn latency(client: &Client, base: &str, via_edge: bool, n: u64) -> anyhow::Result<(f64, f64, f64)> {
+async fn latency(
+    client: &Client,
+    base: &str,
+    via_edge: bool,
+    n: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
     let mut samples = Vec::with_capacity(n as usize);
     for i in 0..n + 100 {
         let t = Instant::now();
@@ -130,7 +149,9 @@ async fn latency(client: &Client, base: &str, via_edge: bool, n: u64) -> anyhow:
 
 async fn download(client: &Client, base: &str, via_edge: bool, n: u64) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let resp = client.request(request(base, &format!("/bytes?n={n}"), via_edge)).await?;
+    let resp = client
+        .request(request(base, &format!("/bytes?n={n}"), via_edge))
+        .await?;
     let mut body = resp.into_body();
     let mut got = 0u64;
     while let Some(f) = body.frame().await {
@@ -151,7 +172,10 @@ async fn upload(client: &Client, base: &str, via_edge: bool, n: u64) -> anyhow::
                 return None;
             }
             let len = (n - off).min(chunk.len() as u64) as usize;
-            Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..len))), off + len as u64))
+            Some((
+                Ok::<_, Infallible>(Frame::data(chunk.slice(..len))),
+                off + len as u64,
+            ))
         }
     });
     let mut r = Request::post(format!("{base}/upload"));
@@ -159,7 +183,9 @@ async fn upload(client: &Client, base: &str, via_edge: bool, n: u64) -> anyhow::
         r = r.header("x-portcullis-app", "bench");
     }
     let t = Instant::now();
-    let resp = client.request(r.body(boxed(StreamBody::new(stream)))?).await?;
+    let resp = client
+        .request(r.body(boxed(StreamBody::new(stream)))?)
+        .await?;
     let body = resp.into_body().collect().await?.to_bytes();
     if body != n.to_string().as_bytes() {
         return Err(anyhow!("upload count mismatch"));
@@ -280,15 +306,26 @@ async fn main() -> anyhow::Result<()> {
     println!("latency, {n_req} sequential small GETs (µs):");
     println!("  direct  p50 {d50:8.1}  p99 {d99:8.1}  mean {dmean:8.1}");
     println!("  tunnel  p50 {t50:8.1}  p99 {t99:8.1}  mean {tmean:8.1}");
-    println!("  added   p50 {:8.1}  p99 {:8.1}  mean {:8.1}", t50 - d50, t99 - d99, tmean - dmean);
+    println!(
+        "  added   p50 {:8.1}  p99 {:8.1}  mean {:8.1}",
+        t50 - d50,
+        t99 - d99,
+        tmean - dmean
+    );
     let n = mib << 20;
     let dd = download(&client, &direct, false, n).await?;
     let td = download(&client, &tunnel, true, n).await?;
     let du = upload(&client, &direct, false, n).await?;
     let tu = upload(&client, &tunnel, true, n).await?;
     println!("throughput, {mib} MiB single stream (MiB/s):");
-    println!("  download  direct {dd:8.1}  tunnel {td:8.1}  ({:.0}%)", td / dd * 100.0);
-    println!("  upload    direct {du:8.1}  tunnel {tu:8.1}  ({:.0}%)", tu / du * 100.0);
+    println!(
+        "  download  direct {dd:8.1}  tunnel {td:8.1}  ({:.0}%)",
+        td / dd * 100.0
+    );
+    println!(
+        "  upload    direct {du:8.1}  tunnel {tu:8.1}  ({:.0}%)",
+        tu / du * 100.0
+    );
 
     // Concurrent streams held open by a slow backend.
     let mut tasks = Vec::new();
@@ -318,12 +355,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("connector memory (VmRSS):");
-    println!("  2 idle tunnels:                 {:6.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "  2 idle tunnels:                 {:6.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
     println!(
         "  {streams} concurrent streams:       {:6.1} MiB  (peak {peak_inflight} streams in flight, {ok}/{streams} ok)",
         peak_rss as f64 / 1024.0
     );
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
     trigger.trigger();
     edge.wait().await;

@@ -82,7 +82,9 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("app", &self.app.name).finish_non_exhaustive()
+        f.debug_struct("Backend")
+            .field("app", &self.app.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,7 +110,9 @@ impl Backend {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let tls = if https {
             let roots = match &app.backend_ca_pem {
-                Some(pem) => pki::parse_certs_pem(pem).map_err(|e| BackendError::Settings(e.to_string()))?,
+                Some(pem) => {
+                    pki::parse_certs_pem(pem).map_err(|e| BackendError::Settings(e.to_string()))?
+                }
                 None => Vec::new(),
             };
             let pins = app
@@ -117,7 +121,8 @@ impl Backend {
                 .filter_map(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
                 .filter_map(|b| <[u8; 32]>::try_from(b).ok())
                 .collect();
-            let verifier = PinnedVerifier::new(roots, pins).map_err(|e| BackendError::Settings(e.to_string()))?;
+            let verifier = PinnedVerifier::new(roots, pins)
+                .map_err(|e| BackendError::Settings(e.to_string()))?;
             let mut config = rustls::ClientConfig::builder_with_provider(pki::provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| BackendError::Settings(e.to_string()))?
@@ -125,8 +130,12 @@ impl Backend {
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            let name = ServerName::try_from(bare).map_err(|e| BackendError::Settings(e.to_string()))?;
+            let bare = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name =
+                ServerName::try_from(bare).map_err(|e| BackendError::Settings(e.to_string()))?;
             Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -225,7 +234,10 @@ impl Backend {
                 }
             }
         });
-        let fut = async move { fut.await.map_err(|e| BackendError::Protocol(crate::error_chain(&e))) };
+        let fut = async move {
+            fut.await
+                .map_err(|e| BackendError::Protocol(crate::error_chain(&e)))
+        };
         tokio::pin!(fut);
         if let Some(done) = body_done {
             tokio::select! {
@@ -233,7 +245,9 @@ impl Backend {
                 _ = done => {}
             }
         }
-        tokio::time::timeout(timeout, fut).await.map_err(|_| timed_out())?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| timed_out())?
     }
 }
 
@@ -247,7 +261,9 @@ pub async fn fetch_url(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>, Bac
         ),
         None => None,
     };
-    let uri: Uri = url.parse().map_err(|_| BackendError::Settings("bad URL".into()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| BackendError::Settings("bad URL".into()))?;
     let app = AppSettings {
         name: "jwks".into(),
         group: String::new(),

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// Reads and validates a configuration file; errors name the file and the field.
 fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))
 }
 
 // ---------------------------------------------------------------- edge
@@ -270,8 +271,12 @@ pub struct AppSettings {
 
 /// Parses a listen address `host:port`.
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| ConfigError::new(field, format!("`{s}` is not an address like 127.0.0.1:8080")))
+    s.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            field,
+            format!("`{s}` is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 /// Decodes an SPKI pin (base64 with or without a `sha256/` prefix, or 64 hex digits).
@@ -290,7 +295,8 @@ pub fn decode_pin(s: &str) -> Option<[u8; 32]> {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 impl EdgeConfigFile {
@@ -314,11 +320,17 @@ impl EdgeConfigFile {
             None => None,
         };
         if self.server_names.is_empty() {
-            return Err(ConfigError::new("server_names", "at least one name is needed"));
+            return Err(ConfigError::new(
+                "server_names",
+                "at least one name is needed",
+            ));
         }
         for (i, n) in self.server_names.iter().enumerate() {
             if n.is_empty() || n.contains(char::is_whitespace) {
-                return Err(ConfigError::new(format!("server_names[{i}]"), "not a DNS name or IP"));
+                return Err(ConfigError::new(
+                    format!("server_names[{i}]"),
+                    "not a DNS name or IP",
+                ));
             }
         }
         for (i, a) in self.advertised_tunnel_addresses.iter().enumerate() {
@@ -342,30 +354,42 @@ impl EdgeConfigFile {
     }
 
     fn validate_dynamic(&self) -> Result<EdgeDynamic, ConfigError> {
-        let app_header = http::HeaderName::from_bytes(self.app_header.to_ascii_lowercase().as_bytes())
-            .map_err(|_| ConfigError::new("app_header", "not a valid header name"))?;
+        let app_header =
+            http::HeaderName::from_bytes(self.app_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::new("app_header", "not a valid header name"))?;
         let mut trusted_proxies = Vec::new();
         for (i, p) in self.trusted_proxies.iter().enumerate() {
-            trusted_proxies.push(
-                p.parse::<IpAddr>()
-                    .map_err(|_| ConfigError::new(format!("trusted_proxies[{i}]"), "not an IP address"))?,
-            );
+            trusted_proxies.push(p.parse::<IpAddr>().map_err(|_| {
+                ConfigError::new(format!("trusted_proxies[{i}]"), "not an IP address")
+            })?);
         }
         let a = &self.admin;
         match (&a.jwks_file, &a.jwks_url) {
             (None, None) => {
-                return Err(ConfigError::new("admin.jwks_file", "set jwks_file or jwks_url"))
+                return Err(ConfigError::new(
+                    "admin.jwks_file",
+                    "set jwks_file or jwks_url",
+                ))
             }
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new("admin.jwks_url", "set only one of jwks_file and jwks_url"))
+                return Err(ConfigError::new(
+                    "admin.jwks_url",
+                    "set only one of jwks_file and jwks_url",
+                ))
             }
             (None, Some(url)) => {
                 if url.starts_with("https://") {
                     if a.jwks_ca_file.is_none() {
-                        return Err(ConfigError::new("admin.jwks_ca_file", "needed for an https jwks_url"));
+                        return Err(ConfigError::new(
+                            "admin.jwks_ca_file",
+                            "needed for an https jwks_url",
+                        ));
                     }
                 } else if !url.starts_with("http://") {
-                    return Err(ConfigError::new("admin.jwks_url", "must start with http:// or https://"));
+                    return Err(ConfigError::new(
+                        "admin.jwks_url",
+                        "must start with http:// or https://",
+                    ));
                 }
                 if url.parse::<http::Uri>().is_err() {
                     return Err(ConfigError::new("admin.jwks_url", "not a valid URL"));
@@ -380,18 +404,27 @@ impl EdgeConfigFile {
             return Err(ConfigError::new("admin.audience", "must not be empty"));
         }
         if a.admin_roles.is_empty() && a.admin_groups.is_empty() {
-            return Err(ConfigError::new("admin.admin_roles", "set admin_roles and/or admin_groups"));
+            return Err(ConfigError::new(
+                "admin.admin_roles",
+                "set admin_roles and/or admin_groups",
+            ));
         }
         if a.leeway_seconds > 60 {
             return Err(ConfigError::new("admin.leeway_seconds", "at most 60"));
         }
         if self.groups.is_empty() {
-            return Err(ConfigError::new("groups", "at least one connector group is needed"));
+            return Err(ConfigError::new(
+                "groups",
+                "at least one connector group is needed",
+            ));
         }
         let mut groups = BTreeSet::new();
         for (i, g) in self.groups.iter().enumerate() {
             if !valid_name(g) {
-                return Err(ConfigError::new(format!("groups[{i}]"), "use letters, digits, - _ . (≤ 64)"));
+                return Err(ConfigError::new(
+                    format!("groups[{i}]"),
+                    "use letters, digits, - _ . (≤ 64)",
+                ));
             }
             if !groups.insert(g.clone()) {
                 return Err(ConfigError::new(format!("groups[{i}]"), "duplicate group"));
@@ -399,16 +432,24 @@ impl EdgeConfigFile {
         }
         let mut apps = BTreeMap::new();
         for (i, app) in self.apps.iter().enumerate() {
-            let settings = app.validate(&groups).map_err(|e| e.within(&format!("apps[{i}]")))?;
+            let settings = app
+                .validate(&groups)
+                .map_err(|e| e.within(&format!("apps[{i}]")))?;
             if apps.insert(settings.name.clone(), settings).is_some() {
-                return Err(ConfigError::new(format!("apps[{i}].name"), "duplicate app name"));
+                return Err(ConfigError::new(
+                    format!("apps[{i}].name"),
+                    "duplicate app name",
+                ));
             }
         }
         if self.client_cert_days == 0 {
             return Err(ConfigError::new("client_cert_days", "must be at least 1"));
         }
         if self.config_refresh_seconds == 0 {
-            return Err(ConfigError::new("config_refresh_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "config_refresh_seconds",
+                "must be at least 1",
+            ));
         }
         if self.keepalive_seconds == 0 {
             return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
@@ -430,10 +471,16 @@ impl EdgeConfigFile {
 impl AppConfig {
     fn validate(&self, groups: &BTreeSet<String>) -> Result<AppSettings, ConfigError> {
         if !valid_name(&self.name) {
-            return Err(ConfigError::new("name", "use letters, digits, - _ . (≤ 64)"));
+            return Err(ConfigError::new(
+                "name",
+                "use letters, digits, - _ . (≤ 64)",
+            ));
         }
         if !groups.contains(&self.group) {
-            return Err(ConfigError::new("group", format!("unknown group `{}`", self.group)));
+            return Err(ConfigError::new(
+                "group",
+                format!("unknown group `{}`", self.group),
+            ));
         }
         let uri: http::Uri = self
             .internal_url
@@ -442,7 +489,12 @@ impl AppConfig {
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(ConfigError::new("internal_url", "must start with http:// or https://")),
+            _ => {
+                return Err(ConfigError::new(
+                    "internal_url",
+                    "must start with http:// or https://",
+                ))
+            }
         };
         if uri.host().is_none() {
             return Err(ConfigError::new("internal_url", "has no host"));
@@ -453,10 +505,19 @@ impl AppConfig {
         let backend_ca_pem = match &self.backend_ca_file {
             Some(path) => {
                 let pem = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new("backend_ca_file", format!("cannot read {}: {e}", path.display()))
+                    ConfigError::new(
+                        "backend_ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
-                if crate::pki::parse_certs_pem(&pem).map(|c| c.is_empty()).unwrap_or(true) {
-                    return Err(ConfigError::new("backend_ca_file", "no PEM certificate in it"));
+                if crate::pki::parse_certs_pem(&pem)
+                    .map(|c| c.is_empty())
+                    .unwrap_or(true)
+                {
+                    return Err(ConfigError::new(
+                        "backend_ca_file",
+                        "no PEM certificate in it",
+                    ));
                 }
                 Some(pem)
             }
@@ -465,12 +526,18 @@ impl AppConfig {
         let mut pins = Vec::new();
         for (i, p) in self.spki_sha256.iter().enumerate() {
             let pin = decode_pin(p).ok_or_else(|| {
-                ConfigError::new(format!("spki_sha256[{i}]"), "not a SHA-256 hash (base64 or hex)")
+                ConfigError::new(
+                    format!("spki_sha256[{i}]"),
+                    "not a SHA-256 hash (base64 or hex)",
+                )
             })?;
             pins.push(base64::engine::general_purpose::STANDARD.encode(pin));
         }
         if !https && (backend_ca_pem.is_some() || !pins.is_empty()) {
-            return Err(ConfigError::new("internal_url", "backend TLS settings need an https:// URL"));
+            return Err(ConfigError::new(
+                "internal_url",
+                "backend TLS settings need an https:// URL",
+            ));
         }
         if https && backend_ca_pem.is_none() && pins.is_empty() {
             return Err(ConfigError::new(
@@ -621,27 +688,47 @@ impl ConnectorConfigFile {
     /// Validates into settings.
     pub fn validate(&self) -> Result<ConnectorSettings, ConfigError> {
         if self.edges.is_empty() {
-            return Err(ConfigError::new("edges", "at least one edge address is needed"));
+            return Err(ConfigError::new(
+                "edges",
+                "at least one edge address is needed",
+            ));
         }
         for (i, e) in self.edges.iter().enumerate() {
             match e.rsplit_once(':') {
                 Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-                _ => return Err(ConfigError::new(format!("edges[{i}]"), "expected host:port")),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("edges[{i}]"),
+                        "expected host:port",
+                    ))
+                }
             }
         }
         let server_name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(|_| ConfigError::new("server_name", "not a DNS name or IP address"))?;
         if self.tunnels_per_edge == 0 || self.tunnels_per_edge > 64 {
-            return Err(ConfigError::new("tunnels_per_edge", "must be between 1 and 64"));
+            return Err(ConfigError::new(
+                "tunnels_per_edge",
+                "must be between 1 and 64",
+            ));
         }
         if self.renew_after_seconds == 0 {
-            return Err(ConfigError::new("renew_after_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "renew_after_seconds",
+                "must be at least 1",
+            ));
         }
         if self.renew_check_seconds == 0 {
-            return Err(ConfigError::new("renew_check_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "renew_check_seconds",
+                "must be at least 1",
+            ));
         }
         if self.config_refresh_seconds == Some(0) {
-            return Err(ConfigError::new("config_refresh_seconds", "must be at least 1"));
+            return Err(ConfigError::new(
+                "config_refresh_seconds",
+                "must be at least 1",
+            ));
         }
         if self.keepalive_seconds == 0 {
             return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
@@ -653,13 +740,19 @@ impl ConnectorConfigFile {
             ));
         }
         if self.max_concurrent_streams == 0 {
-            return Err(ConfigError::new("max_concurrent_streams", "must be at least 1"));
+            return Err(ConfigError::new(
+                "max_concurrent_streams",
+                "must be at least 1",
+            ));
         }
         let metrics_listen = match &self.metrics_listen {
             Some(m) => {
                 let a = parse_addr("metrics_listen", m)?;
                 if !a.ip().is_loopback() {
-                    return Err(ConfigError::new("metrics_listen", "must be a loopback address"));
+                    return Err(ConfigError::new(
+                        "metrics_listen",
+                        "must be a loopback address",
+                    ));
                 }
                 Some(a)
             }

@@ -52,7 +52,9 @@ pub mod files {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// Not registered yet, or files missing.
-    #[error("not registered: {0} (run `portcullis-connector register --edge URL --token TOKEN` first)")]
+    #[error(
+        "not registered: {0} (run `portcullis-connector register --edge URL --token TOKEN` first)"
+    )]
     NotRegistered(String),
     /// The stored certificate has expired.
     #[error("the connector certificate expired at {0:?}; register again")]
@@ -125,10 +127,14 @@ pub struct RegisterOptions {
 fn client_config(
     roots: RootCertStore,
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
-    identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    identity: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
     alpn: &[u8],
 ) -> Result<ClientConfig, PkiError> {
-    let builder = ClientConfig::builder_with_provider(pki::provider()).with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(pki::provider())
+        .with_safe_default_protocol_versions()?;
     let builder = match verifier {
         Some(v) => builder.dangerous().with_custom_certificate_verifier(v),
         None => builder.with_root_certificates(roots),
@@ -178,7 +184,9 @@ async fn tls_request(
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     let req = match body {
-        Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(full(b)),
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(b)),
         None => req.body(empty()),
     }
     .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
@@ -220,7 +228,9 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, Connec
         .parse()
         .map_err(|_| ConnectorError::Invalid(format!("--edge {} is not a URL", opts.edge_url)))?;
     if uri.scheme_str() != Some("https") {
-        return Err(ConnectorError::Invalid("--edge must be an https:// URL".into()));
+        return Err(ConnectorError::Invalid(
+            "--edge must be an https:// URL".into(),
+        ));
     }
     let host = uri
         .host()
@@ -277,11 +287,14 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, Connec
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     pki::write_private(&dir.join(files::KEY), key_pem.as_bytes())?;
     pki::write_private(&dir.join(files::CERT), resp.certificate_pem.as_bytes())?;
-    std::fs::write(dir.join(files::EDGE_CA), &resp.ca_pem).map_err(io_err(&dir.join(files::EDGE_CA)))?;
+    std::fs::write(dir.join(files::EDGE_CA), &resp.ca_pem)
+        .map_err(io_err(&dir.join(files::EDGE_CA)))?;
     let cfg_path = dir.join(files::CONFIG);
     if !cfg_path.exists() {
-        let cfg = ConnectorConfigFile::with_defaults(dir.clone(), resp.tunnel_addresses.clone(), host);
-        let text = serde_json::to_string_pretty(&cfg).map_err(|e| ConnectorError::Invalid(e.to_string()))?;
+        let cfg =
+            ConnectorConfigFile::with_defaults(dir.clone(), resp.tunnel_addresses.clone(), host);
+        let text = serde_json::to_string_pretty(&cfg)
+            .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
         std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
     }
     info!(connector_id = %resp.connector_id, group = %resp.group, "registered");
@@ -295,10 +308,15 @@ struct Identity {
     api_tls: Arc<ClientConfig>,
 }
 
-fn load_identity(dir: &Path, cert_pem: Option<&str>, key_pem: Option<&str>) -> Result<Identity, ConnectorError> {
+fn load_identity(
+    dir: &Path,
+    cert_pem: Option<&str>,
+    key_pem: Option<&str>,
+) -> Result<Identity, ConnectorError> {
     let read = |name: &str| -> Result<String, ConnectorError> {
         let p = dir.join(name);
-        std::fs::read_to_string(&p).map_err(|e| ConnectorError::NotRegistered(format!("{}: {e}", p.display())))
+        std::fs::read_to_string(&p)
+            .map_err(|e| ConnectorError::NotRegistered(format!("{}: {e}", p.display())))
     };
     let cert_pem = match cert_pem {
         Some(c) => c.to_string(),
@@ -319,7 +337,12 @@ fn load_identity(dir: &Path, cert_pem: Option<&str>, key_pem: Option<&str>) -> R
     for c in pki::parse_certs_pem(&ca_pem)? {
         roots.add(c).map_err(PkiError::from)?;
     }
-    let tunnel_tls = client_config(roots.clone(), None, Some((chain.clone(), key.clone_key())), TUNNEL_ALPN)?;
+    let tunnel_tls = client_config(
+        roots.clone(),
+        None,
+        Some((chain.clone(), key.clone_key())),
+        TUNNEL_ALPN,
+    )?;
     let api_tls = client_config(roots, None, Some((chain, key)), API_ALPN)?;
     Ok(Identity {
         info,
@@ -385,7 +408,12 @@ impl ConnState {
         self.refreshed.send_modify(|n| *n += 1);
     }
 
-    async fn api(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ConnectorError> {
+    async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ConnectorError> {
         let identity = self.identity();
         let mut last = None;
         for addr in &self.settings.edges {
@@ -412,13 +440,18 @@ impl ConnState {
         if status != StatusCode::OK {
             return Err(refused(status, &bytes));
         }
-        let view: ConnectorView =
-            serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Invalid(format!("bad configuration: {e}")))?;
-        self.metrics.config_pulls_total.fetch_add(1, Ordering::Relaxed);
+        let view: ConnectorView = serde_json::from_slice(&bytes)
+            .map_err(|e| ConnectorError::Invalid(format!("bad configuration: {e}")))?;
+        self.metrics
+            .config_pulls_total
+            .fetch_add(1, Ordering::Relaxed);
         let cache = self.settings.state_dir.join(files::CACHE);
         if let Ok(text) = serde_json::to_vec_pretty(&view) {
             let tmp = cache.with_extension("tmp");
-            if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &cache)).is_err() {
+            if std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, &cache))
+                .is_err()
+            {
                 warn!("cannot write configuration cache {}", cache.display());
             }
         }
@@ -428,14 +461,19 @@ impl ConnState {
 
     async fn renew(&self) -> Result<(), ConnectorError> {
         let (key_pem, csr_pem) = pki::new_key_and_csr("portcullis-connector")?;
-        let body = serde_json::to_vec(&RenewRequest { csr_pem }).map_err(|e| ConnectorError::Invalid(e.to_string()))?;
+        let body = serde_json::to_vec(&RenewRequest { csr_pem })
+            .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
         let (status, bytes) = self.api(Method::POST, "/v1/renew", Some(body)).await?;
         if status != StatusCode::OK {
             return Err(refused(status, &bytes));
         }
-        let resp: RenewResponse =
-            serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Invalid(format!("bad renewal answer: {e}")))?;
-        let new = load_identity(&self.settings.state_dir, Some(&resp.certificate_pem), Some(&key_pem))?;
+        let resp: RenewResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ConnectorError::Invalid(format!("bad renewal answer: {e}")))?;
+        let new = load_identity(
+            &self.settings.state_dir,
+            Some(&resp.certificate_pem),
+            Some(&key_pem),
+        )?;
         let dir = &self.settings.state_dir;
         pki::write_private(&dir.join(files::KEY), key_pem.as_bytes())?;
         pki::write_private(&dir.join(files::CERT), resp.certificate_pem.as_bytes())?;
@@ -496,7 +534,10 @@ impl ConnectorHandle {
 }
 
 /// Starts the connector with the system clock.
-pub async fn start(settings: ConnectorSettings, shutdown: Shutdown) -> Result<ConnectorHandle, ConnectorError> {
+pub async fn start(
+    settings: ConnectorSettings,
+    shutdown: Shutdown,
+) -> Result<ConnectorHandle, ConnectorError> {
     start_with_clock(settings, shutdown, Arc::new(SystemTime::now)).await
 }
 
@@ -517,7 +558,11 @@ pub async fn start_with_clock(
         return Err(ConnectorError::CertificateExpired(identity.info.not_after));
     }
     let metrics_listener = match settings.metrics_listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(io_err(Path::new("metrics_listen")))?),
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(io_err(Path::new("metrics_listen")))?,
+        ),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -554,20 +599,31 @@ pub async fn start_with_clock(
     })
 }
 
-async fn run_all(state: Arc<ConnState>, metrics_listener: Option<tokio::net::TcpListener>, shutdown: Shutdown) {
+async fn run_all(
+    state: Arc<ConnState>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown: Shutdown,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(config_loop(state.clone(), shutdown.clone()));
     tasks.spawn(renew_loop(state.clone(), shutdown.clone()));
     for edge in state.settings.edges.clone() {
         for slot in 0..state.settings.tunnels_per_edge {
-            tasks.spawn(tunnel_slot(state.clone(), edge.clone(), slot, shutdown.clone()));
+            tasks.spawn(tunnel_slot(
+                state.clone(),
+                edge.clone(),
+                slot,
+                shutdown.clone(),
+            ));
         }
     }
     if let Some(l) = metrics_listener {
         let metrics = state.metrics.clone();
-        tasks.spawn(crate::edge::accept_loop(l, shutdown.clone(), move |tcp, _| {
-            crate::edge::serve_metrics(metrics.clone(), tcp)
-        }));
+        tasks.spawn(crate::edge::accept_loop(
+            l,
+            shutdown.clone(),
+            move |tcp, _| crate::edge::serve_metrics(metrics.clone(), tcp),
+        ));
     }
     while tasks.join_next().await.is_some() {}
     info!("connector stopped");
@@ -610,7 +666,10 @@ async fn renew_loop(state: Arc<ConnState>, shutdown: Shutdown) {
             .unwrap_or_default();
         let mut wait = state.settings.renew_check;
         if age >= state.settings.renew_after {
-            info!(age_s = age.as_secs(), "certificate older than renew_after; renewing");
+            info!(
+                age_s = age.as_secs(),
+                "certificate older than renew_after; renewing"
+            );
             match state.renew().await {
                 Ok(()) => failures = 0,
                 Err(e) => {
@@ -649,7 +708,8 @@ struct TunnelService {
 impl hyper::service::Service<Request<Incoming>> for TunnelService {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
@@ -696,6 +756,7 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<TunnelConn, String> 
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_send_buf_size(256 * 1024)
+        .max_frame_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), handler);
     Ok(Box::pin(conn))
 }
@@ -734,7 +795,10 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
         };
         failures = 0;
         state.metrics.tunnels_up.fetch_add(1, Ordering::Relaxed);
-        state.metrics.tunnel_connects_total.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .tunnel_connects_total
+            .fetch_add(1, Ordering::Relaxed);
         info!(%edge, slot, "tunnel up");
         let _down = OnDrop::new({
             let m = state.metrics.clone();
@@ -799,7 +863,11 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
-async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incoming>) -> Response<BoxBody> {
+async fn handle(
+    state: Arc<ConnState>,
+    edge_peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
     let rid = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -852,7 +920,10 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
     }
     let ext_host = parts.uri.authority().map(|a| a.to_string());
     if !headers.contains_key("x-forwarded-host") {
-        if let Some(h) = ext_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        if let Some(h) = ext_host
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+        {
             headers.insert("x-forwarded-host", h);
         }
     }
@@ -867,7 +938,11 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
     if let Ok(v) = HeaderValue::from_str(&host) {
         headers.insert(header::HOST, v);
     }
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let body_done = if http_body::Body::is_end_stream(&body) {
         None
     } else {
@@ -882,14 +957,25 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
         ),
         None => (None, None),
     };
-    let mut up = Request::new(Tracked::new(boxed(body), state.metrics.bytes_up_total.clone(), done_guard).boxed_unsync());
+    let mut up = Request::new(
+        Tracked::new(
+            boxed(body),
+            state.metrics.bytes_up_total.clone(),
+            done_guard,
+        )
+        .boxed_unsync(),
+    );
     *up.method_mut() = parts.method;
     *up.headers_mut() = headers;
     match backend.backend_path(pq).parse() {
         Ok(u) => *up.uri_mut() = u,
         Err(_) => {
-            return Denial::new(StatusCode::BAD_REQUEST, "bad_request", "The request path is not valid.")
-                .into_response(&client_headers, &rid)
+            return Denial::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The request path is not valid.",
+            )
+            .into_response(&client_headers, &rid)
         }
     }
     state.metrics.streams_active.fetch_add(1, Ordering::Relaxed);
@@ -905,7 +991,11 @@ async fn handle(state: Arc<ConnState>, edge_peer: SocketAddr, req: Request<Incom
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
-            let body = Tracked::new(boxed(body), state.metrics.bytes_down_total.clone(), Some(Box::new(guard)));
+            let body = Tracked::new(
+                boxed(body),
+                state.metrics.bytes_down_total.clone(),
+                Some(Box::new(guard)),
+            );
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(e) => {
@@ -923,7 +1013,9 @@ async fn refresh_for(state: &Arc<ConnState>, app: &str) -> Option<Arc<Backend>> 
     refreshed.borrow_and_update();
     let allowed = match state.last_on_demand.lock() {
         Ok(mut last) => {
-            let ok = last.map(|t| t.elapsed() >= Duration::from_secs(2)).unwrap_or(true);
+            let ok = last
+                .map(|t| t.elapsed() >= Duration::from_secs(2))
+                .unwrap_or(true);
             if ok {
                 *last = Some(Instant::now());
             }

@@ -162,12 +162,19 @@ impl EdgeState {
         &self,
         group: &str,
         exclude: &[u64],
-    ) -> Option<(u64, http2::SendRequest<BoxBody>, Arc<AtomicUsize>, Arc<AtomicU64>)> {
+    ) -> Option<(
+        u64,
+        http2::SendRequest<BoxBody>,
+        Arc<AtomicUsize>,
+        Arc<AtomicU64>,
+    )> {
         let mut tunnels = self.tunnels.lock().ok()?;
         tunnels.retain(|_, t| !t.sender.is_closed());
         tunnels
             .iter()
-            .filter(|(id, t)| t.identity.group == group && !exclude.contains(id) && t.sender.is_ready())
+            .filter(|(id, t)| {
+                t.identity.group == group && !exclude.contains(id) && t.sender.is_ready()
+            })
             .min_by_key(|(_, t)| t.inflight.load(Ordering::Relaxed))
             .map(|(id, t)| (*id, t.sender.clone(), t.inflight.clone(), t.served.clone()))
     }
@@ -205,7 +212,10 @@ impl std::fmt::Debug for EdgeHandle {
 impl EdgeHandle {
     /// Applies a new configuration file's apps, groups, token rules and timings; listen
     /// addresses and the state directory need a restart. Tunnels stay up.
-    pub fn reload(&self, file: &EdgeConfigFile) -> Result<(), portcullis_core::config::ConfigError> {
+    pub fn reload(
+        &self,
+        file: &EdgeConfigFile,
+    ) -> Result<(), portcullis_core::config::ConfigError> {
         let settings = file.validate()?;
         let verifier = AdminTokenVerifier::new(settings.dynamic.admin.clone());
         if let Ok(mut d) = self.state.dynamic.write() {
@@ -281,10 +291,13 @@ pub async fn start(settings: EdgeSettings, shutdown: Shutdown) -> Result<EdgeHan
     reg_tls.alpn_protocols = vec![API_ALPN.to_vec()];
 
     let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der.clone()).map_err(|e| EdgeError::Tls(e.to_string()))?;
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
+    roots
+        .add(ca.cert_der.clone())
         .map_err(|e| EdgeError::Tls(e.to_string()))?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| EdgeError::Tls(e.to_string()))?;
     let mut tunnel_tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| EdgeError::Tls(e.to_string()))?
@@ -375,14 +388,19 @@ async fn serve_all(
             let tls = reg_tls.clone();
             let watcher = graceful.watcher();
             async move {
-                let Ok(stream) = tls.accept(tcp).await.map_err(|e| debug!(%peer, "registration TLS: {e}")) else {
+                let Ok(stream) = tls
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| debug!(%peer, "registration TLS: {e}"))
+                else {
                     return;
                 };
                 let svc = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(registration(state, req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
                 let _ = watcher.watch(conn).await;
             }
         }
@@ -409,7 +427,9 @@ async fn serve_all(
                     async move { Ok::<_, Infallible>(forward(state, peer, req).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .into_owned();
                 let _ = watcher.watch(conn).await;
             }
         }
@@ -426,7 +446,10 @@ async fn serve_all(
     while tasks.join_next().await.is_some() {}
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => {
-            if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 warn!("drain period over; closing remaining connections");
             }
         }
@@ -484,15 +507,28 @@ pub(crate) async fn serve_metrics(metrics: Arc<Metrics>, tcp: TcpStream) {
         .await;
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<BoxBody>> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<BoxBody>> {
     let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
     let bytes = limited
         .collect()
         .await
-        .map_err(|_| api_error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "body too large or unreadable"))?
+        .map_err(|_| {
+            api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_request",
+                "body too large or unreadable",
+            )
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("invalid JSON body: {e}"),
+        )
+    })
 }
 
 fn new_connector_id() -> String {
@@ -506,17 +542,28 @@ async fn registration(state: Arc<EdgeState>, req: Request<Incoming>) -> Response
         return api_error(StatusCode::NOT_FOUND, "not_found", "use POST /v1/register");
     }
     if req.method() != Method::POST {
-        return api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST");
+        return api_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST",
+        );
     }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_string());
     let Some(token) = token else {
         state.metrics.registration("token_missing");
-        return api_error(StatusCode::UNAUTHORIZED, "token_missing", "send the admin token as `Authorization: Bearer <token>`");
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+            "send the admin token as `Authorization: Bearer <token>`",
+        );
     };
     let body: RegisterRequest = match read_json(req).await {
         Ok(b) => b,
@@ -525,7 +572,10 @@ async fn registration(state: Arc<EdgeState>, req: Request<Incoming>) -> Response
     let admin = match state.verifier().verify(&token).await {
         Ok(a) => a,
         Err(refusal) => {
-            warn!(code = refusal.code, "registration refused: {}", refusal.message);
+            warn!(
+                code = refusal.code,
+                "registration refused: {}", refusal.message
+            );
             state.metrics.registration(refusal.code);
             let status = if refusal.code == "not_admin" || refusal.code == "tenant_mismatch" {
                 StatusCode::FORBIDDEN
@@ -542,13 +592,20 @@ async fn registration(state: Arc<EdgeState>, req: Request<Incoming>) -> Response
     };
     if !dynamic.groups.contains(&group) {
         state.metrics.registration("unknown_group");
-        return api_error(StatusCode::BAD_REQUEST, "unknown_group", &format!("no connector group `{group}`"));
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "unknown_group",
+            &format!("no connector group `{group}`"),
+        );
     }
     let id = new_connector_id();
-    let cert = match state
-        .ca
-        .sign_connector_csr(&body.csr_pem, &id, &group, dynamic.client_cert_days, SystemTime::now())
-    {
+    let cert = match state.ca.sign_connector_csr(
+        &body.csr_pem,
+        &id,
+        &group,
+        dynamic.client_cert_days,
+        SystemTime::now(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             state.metrics.registration("bad_csr");
@@ -564,7 +621,10 @@ async fn registration(state: Arc<EdgeState>, req: Request<Incoming>) -> Response
         ca_pem: state.ca.cert_pem.clone(),
         tunnel_addresses: state.advertised.clone(),
     };
-    json_response(StatusCode::OK, &serde_json::to_value(resp).unwrap_or_default())
+    json_response(
+        StatusCode::OK,
+        &serde_json::to_value(resp).unwrap_or_default(),
+    )
 }
 
 async fn tunnel_connection(
@@ -606,6 +666,7 @@ async fn tunnel_connection(
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_send_buf_size(256 * 1024)
+            .max_frame_size(64 * 1024)
             .handshake::<_, BoxBody>(TokioIo::new(stream))
             .await;
         let (sender, conn) = match handshake {
@@ -630,7 +691,10 @@ async fn tunnel_connection(
             );
         }
         state.metrics.tunnels_up.fetch_add(1, Ordering::Relaxed);
-        state.metrics.tunnel_connects_total.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .tunnel_connects_total
+            .fetch_add(1, Ordering::Relaxed);
         if let Err(e) = conn.await {
             debug!(tunnel = id, "tunnel ended: {e}");
         }
@@ -645,12 +709,17 @@ async fn tunnel_connection(
             let identity = identity.clone();
             async move { Ok::<_, Infallible>(connector_api(state, identity, req).await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
         let _ = watcher.watch(conn).await;
     }
 }
 
-async fn connector_api(state: Arc<EdgeState>, identity: ConnectorIdentity, req: Request<Incoming>) -> Response<BoxBody> {
+async fn connector_api(
+    state: Arc<EdgeState>,
+    identity: ConnectorIdentity,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/v1/config") => {
             let dynamic = state.dynamic();
@@ -665,9 +734,15 @@ async fn connector_api(state: Arc<EdgeState>, identity: ConnectorIdentity, req: 
                     .cloned()
                     .collect(),
             };
-            state.metrics.config_pulls_total.fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .config_pulls_total
+                .fetch_add(1, Ordering::Relaxed);
             debug!(connector_id = %identity.id, apps = view.apps.len(), "configuration pulled");
-            json_response(StatusCode::OK, &serde_json::to_value(view).unwrap_or_default())
+            json_response(
+                StatusCode::OK,
+                &serde_json::to_value(view).unwrap_or_default(),
+            )
         }
         (Method::POST, "/v1/renew") => {
             let body: RenewRequest = match read_json(req).await {
@@ -675,22 +750,32 @@ async fn connector_api(state: Arc<EdgeState>, identity: ConnectorIdentity, req: 
                 Err(resp) => return resp,
             };
             let days = state.dynamic().client_cert_days;
-            match state
-                .ca
-                .sign_connector_csr(&body.csr_pem, &identity.id, &identity.group, days, SystemTime::now())
-            {
+            match state.ca.sign_connector_csr(
+                &body.csr_pem,
+                &identity.id,
+                &identity.group,
+                days,
+                SystemTime::now(),
+            ) {
                 Ok(cert) => {
                     state.metrics.renewals_total.fetch_add(1, Ordering::Relaxed);
                     info!(connector_id = %identity.id, "certificate renewed");
                     json_response(
                         StatusCode::OK,
-                        &serde_json::to_value(RenewResponse { certificate_pem: cert }).unwrap_or_default(),
+                        &serde_json::to_value(RenewResponse {
+                            certificate_pem: cert,
+                        })
+                        .unwrap_or_default(),
                     )
                 }
                 Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_csr", &e.to_string()),
             }
         }
-        _ => api_error(StatusCode::NOT_FOUND, "not_found", "GET /v1/config or POST /v1/renew"),
+        _ => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "GET /v1/config or POST /v1/renew",
+        ),
     }
 }
 
@@ -711,7 +796,9 @@ const HOP_BY_HOP: &[&str] = &[
 /// Whether a cookie name belongs to the proxy (never forwarded to apps).
 pub fn is_proxy_cookie(name: &str) -> bool {
     let n = name.trim().to_ascii_lowercase();
-    n.starts_with("__host-portcullis") || n.starts_with("__secure-portcullis") || n.starts_with("portcullis")
+    n.starts_with("__host-portcullis")
+        || n.starts_with("__secure-portcullis")
+        || n.starts_with("portcullis")
 }
 
 /// Removes the proxy's cookies from `Cookie` headers (all of them, any case).
@@ -746,7 +833,13 @@ fn request_id(headers: &HeaderMap, trusted: bool) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, default_proto: &str, host: Option<&str>) {
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    default_proto: &str,
+    host: Option<&str>,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
@@ -763,12 +856,18 @@ fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, defaul
         Vec::new()
     };
     let proto = if trusted {
-        headers.get(&xfp).and_then(|v| v.to_str().ok()).map(str::to_string)
+        headers
+            .get(&xfp)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     } else {
         None
     };
     let fhost = if trusted {
-        headers.get(&xfh).and_then(|v| v.to_str().ok()).map(str::to_string)
+        headers
+            .get(&xfh)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     } else {
         None
     };
@@ -792,11 +891,18 @@ fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, defaul
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Forwards one request from Envoy down a tunnel.
-async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>) -> Response<BoxBody> {
+async fn forward(
+    state: Arc<EdgeState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
     let dynamic = state.dynamic();
     let trusted = dynamic.trusted_proxies.contains(&peer.ip());
     let rid = request_id(req.headers(), trusted);
@@ -811,11 +917,19 @@ async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some(app_name) = app_name else {
-        let d = Denial::new(StatusCode::NOT_FOUND, "app_unknown", format!("No `{}` header names the app.", dynamic.app_header));
+        let d = Denial::new(
+            StatusCode::NOT_FOUND,
+            "app_unknown",
+            format!("No `{}` header names the app.", dynamic.app_header),
+        );
         return deny(&state, req.headers(), d);
     };
     let Some(app) = dynamic.apps.get(&app_name) else {
-        let d = Denial::new(StatusCode::NOT_FOUND, "app_unknown", format!("No published app `{app_name}`."));
+        let d = Denial::new(
+            StatusCode::NOT_FOUND,
+            "app_unknown",
+            format!("No published app `{app_name}`."),
+        );
         return deny(&state, req.headers(), d);
     };
     let (mut parts, body) = req.into_parts();
@@ -835,7 +949,11 @@ async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .collect();
-    for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(connection_listed) {
+    for h in HOP_BY_HOP
+        .iter()
+        .map(|s| s.to_string())
+        .chain(connection_listed)
+    {
         headers.remove(h.as_str());
     }
     strip_proxy_cookies(&mut headers);
@@ -847,11 +965,20 @@ async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>
     if let Ok(v) = HeaderValue::from_str(&rid) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
     let uri: Uri = match format!("http://{host}{pq}").parse() {
         Ok(u) => u,
         Err(_) => {
-            let d = Denial::new(StatusCode::BAD_REQUEST, "bad_request", "The request's Host is not valid.");
+            let d = Denial::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The request's Host is not valid.",
+            );
             return deny(&state, &client_headers, d);
         }
     };
@@ -888,13 +1015,22 @@ async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>
             Ok(resp) => {
                 served.fetch_add(1, Ordering::Relaxed);
                 let (parts, body) = resp.into_parts();
-                let body = Tracked::new(boxed(body), state_counter(&state, false), Some(Box::new(guard)));
+                let body = Tracked::new(
+                    boxed(body),
+                    state_counter(&state, false),
+                    Some(Box::new(guard)),
+                );
                 return Response::from_parts(parts, body.boxed_unsync());
             }
             Err(mut e) => {
                 drop(guard);
                 let returned = e.take_message();
-                debug!(attempt, tunnel = tid, "tunnel request failed: {}", e.error());
+                debug!(
+                    attempt,
+                    tunnel = tid,
+                    "tunnel request failed: {}",
+                    e.error()
+                );
                 if let Some(r) = returned {
                     // Not sent: the body can be reused as is.
                     let b = r.into_body();
@@ -907,7 +1043,10 @@ async fn forward(state: Arc<EdgeState>, peer: SocketAddr, req: Request<Incoming>
                 let d = Denial::new(
                     StatusCode::BAD_GATEWAY,
                     "connector_unavailable",
-                    format!("The tunnel to the connector of app `{app_name}` failed: {}.", e.error()),
+                    format!(
+                        "The tunnel to the connector of app `{app_name}` failed: {}.",
+                        e.error()
+                    ),
                 );
                 return deny(&state, &client_headers, d);
             }

@@ -74,27 +74,71 @@ impl Metrics {
         let p = self.prefix;
         let mut out = String::new();
         let gauges = [
-            ("tunnels_up", "Live tunnels.", self.tunnels_up.load(Ordering::Relaxed)),
-            ("streams_active", "Streams in flight.", self.streams_active.load(Ordering::Relaxed)),
+            (
+                "tunnels_up",
+                "Live tunnels.",
+                self.tunnels_up.load(Ordering::Relaxed),
+            ),
+            (
+                "streams_active",
+                "Streams in flight.",
+                self.streams_active.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} gauge\n{p}_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} gauge\n{p}_{name} {v}"
+            );
         }
         let counters = [
             ("requests_total", "Requests handled.", &self.requests_total),
-            ("bytes_up_total", "Request body bytes towards the app.", &*self.bytes_up_total),
-            ("bytes_down_total", "Response body bytes towards the client.", &*self.bytes_down_total),
-            ("tunnel_connects_total", "Tunnel connections established.", &self.tunnel_connects_total),
-            ("renewals_total", "Certificate renewals.", &self.renewals_total),
-            ("config_pulls_total", "Configuration pulls.", &self.config_pulls_total),
+            (
+                "bytes_up_total",
+                "Request body bytes towards the app.",
+                &*self.bytes_up_total,
+            ),
+            (
+                "bytes_down_total",
+                "Response body bytes towards the client.",
+                &*self.bytes_down_total,
+            ),
+            (
+                "tunnel_connects_total",
+                "Tunnel connections established.",
+                &self.tunnel_connects_total,
+            ),
+            (
+                "renewals_total",
+                "Certificate renewals.",
+                &self.renewals_total,
+            ),
+            (
+                "config_pulls_total",
+                "Configuration pulls.",
+                &self.config_pulls_total,
+            ),
         ];
         for (name, help, v) in counters {
             let v = v.load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter\n{p}_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter\n{p}_{name} {v}"
+            );
         }
         let labelled = [
-            ("registrations_total", "Registrations by result.", "result", &self.registrations),
-            ("errors_total", "Errors by denial code.", "code", &self.errors),
+            (
+                "registrations_total",
+                "Registrations by result.",
+                "result",
+                &self.registrations,
+            ),
+            (
+                "errors_total",
+                "Errors by denial code.",
+                "code",
+                &self.errors,
+            ),
         ];
         for (name, help, label, map) in labelled {
             let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter");

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -200,7 +200,9 @@ impl EdgeCa {
             let cert_der = parse_certs_pem(&cert_pem)?
                 .into_iter()
                 .next()
-                .ok_or_else(|| PkiError::Parse(format!("{}: no certificate", cert_path.display())))?;
+                .ok_or_else(|| {
+                    PkiError::Parse(format!("{}: no certificate", cert_path.display()))
+                })?;
             return Ok(Self {
                 issuer,
                 cert_der,
@@ -248,7 +250,13 @@ impl EdgeCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("portcullis-edge"));
+        dn.push(
+            DnType::CommonName,
+            names
+                .first()
+                .map(String::as_str)
+                .unwrap_or("portcullis-edge"),
+        );
         params.distinguished_name = dn;
         for n in names {
             if let Ok(ip) = n.parse::<IpAddr>() {
@@ -266,7 +274,8 @@ impl EdgeCa {
         params.not_after = to_offset(now + Duration::from_secs(365 * 86_400));
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
-        let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| PkiError::Parse(e.into()))?;
+        let key_der =
+            PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| PkiError::Parse(e.into()))?;
         Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
     }
 

@@ -71,7 +71,10 @@ impl AdminTokenVerifier {
     async fn load_keys(&self) -> Result<Vec<Value>, TokenRefusal> {
         let bytes = if let Some(path) = &self.rules.jwks_file {
             tokio::fs::read(path).await.map_err(|e| {
-                refuse("jwks_unavailable", format!("cannot read JWKS file {}: {e}", path.display()))
+                refuse(
+                    "jwks_unavailable",
+                    format!("cannot read JWKS file {}: {e}", path.display()),
+                )
             })?
         } else if let Some(url) = &self.rules.jwks_url {
             crate::backend::fetch_url(url, self.rules.jwks_ca_file.as_deref())
@@ -129,7 +132,10 @@ impl AdminTokenVerifier {
             .map_err(|_| refuse("token_malformed", "the token is not a JWT"))?;
         let alg = meta.algorithm().to_string();
         if !ALGORITHMS.contains(&alg.as_str()) {
-            return Err(refuse("token_algorithm_refused", format!("algorithm {alg} is not allowed")));
+            return Err(refuse(
+                "token_algorithm_refused",
+                format!("algorithm {alg} is not allowed"),
+            ));
         }
         let jwk = self.find_key(meta.key_id(), &alg).await?;
         let jwk = jwk.to_string();
@@ -140,7 +146,8 @@ impl AdminTokenVerifier {
             time_tolerance: Some(jwt_simple::prelude::Duration::from_secs(r.leeway_seconds)),
             ..Default::default()
         };
-        let bad_key = |e: jwt_simple::Error| refuse("jwks_unavailable", format!("JWKS key unusable: {e}"));
+        let bad_key =
+            |e: jwt_simple::Error| refuse("jwks_unavailable", format!("JWKS key unusable: {e}"));
         macro_rules! check {
             ($t:ty) => {
                 <$t>::from_jwk(&jwk)
@@ -161,16 +168,25 @@ impl AdminTokenVerifier {
         };
         let claims = verified.map_err(|e| match e.downcast_ref::<JWTError>() {
             Some(JWTError::TokenHasExpired) => refuse("token_expired", "the token has expired"),
-            Some(JWTError::TokenNotValidYet) => refuse("token_not_yet_valid", "the token is not valid yet"),
+            Some(JWTError::TokenNotValidYet) => {
+                refuse("token_not_yet_valid", "the token is not valid yet")
+            }
             Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => {
-                refuse("audience_mismatch", format!("the token is not for audience {}", r.audience))
+                refuse(
+                    "audience_mismatch",
+                    format!("the token is not for audience {}", r.audience),
+                )
             }
             Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => {
-                refuse("issuer_mismatch", format!("the token was not issued by {}", r.issuer))
+                refuse(
+                    "issuer_mismatch",
+                    format!("the token was not issued by {}", r.issuer),
+                )
             }
-            Some(JWTError::InvalidSignature) => {
-                refuse("token_invalid_signature", "the token's signature does not verify")
-            }
+            Some(JWTError::InvalidSignature) => refuse(
+                "token_invalid_signature",
+                "the token's signature does not verify",
+            ),
             _ => refuse("token_invalid", format!("the token was refused: {e}")),
         })?;
         if claims.expires_at.is_none() {
@@ -185,7 +201,10 @@ impl AdminTokenVerifier {
             if tenant.as_deref() != Some(want.as_str()) {
                 return Err(refuse(
                     "tenant_mismatch",
-                    format!("the token is for tenant {:?}, not {want}", tenant.unwrap_or_default()),
+                    format!(
+                        "the token is for tenant {:?}, not {want}",
+                        tenant.unwrap_or_default()
+                    ),
                 ));
             }
         }
@@ -195,7 +214,9 @@ impl AdminTokenVerifier {
                     .iter()
                     .filter_map(Value::as_str)
                     .any(|v| wanted.iter().any(|w| w == v)),
-                Some(Value::String(s)) => s.split_whitespace().any(|v| wanted.iter().any(|w| w == v)),
+                Some(Value::String(s)) => {
+                    s.split_whitespace().any(|v| wanted.iter().any(|w| w == v))
+                }
                 _ => false,
             }
         };

@@ -1,5 +1,6 @@
 //! End to end with stock Envoy: Envoy → (h2c) edge → tunnel → connector → sample app.
 //! Envoy comes from `ENVOY_BIN` (default /work/main/.tools/venv/bin/envoy).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 
@@ -18,7 +19,11 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn envoy_bin() -> PathBuf {
@@ -101,7 +106,13 @@ async fn stock_envoy_to_edge_to_connector_to_sample_app() {
         Command::new(&bin)
             .arg("-c")
             .arg(&yaml)
-            .args(["--base-id", &base_id.to_string(), "--concurrency", "1", "--disable-hot-restart"])
+            .args([
+                "--base-id",
+                &base_id.to_string(),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+            ])
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -112,7 +123,9 @@ async fn stock_envoy_to_edge_to_connector_to_sample_app() {
     let ready = format!("http://127.0.0.1:{admin}/ready");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let r = http::Request::get(&ready).body(portcullis_connector::body::empty()).unwrap();
+        let r = http::Request::get(&ready)
+            .body(portcullis_connector::body::empty())
+            .unwrap();
         if let Ok(resp) = client.request(r).await {
             if resp.status() == 200 {
                 break;
@@ -136,8 +149,14 @@ async fn stock_envoy_to_edge_to_connector_to_sample_app() {
     assert_eq!(v["app"], "hello");
     assert_eq!(v["uri"], "/echo?via=envoy");
     let h = &v["headers"];
-    assert_eq!(h["cookie"], "lang=en", "the session cookie never reaches the app");
-    assert!(h["x-request-id"].as_str().unwrap().len() >= 16, "Envoy's request id is passed on");
+    assert_eq!(
+        h["cookie"], "lang=en",
+        "the session cookie never reaches the app"
+    );
+    assert!(
+        h["x-request-id"].as_str().unwrap().len() >= 16,
+        "Envoy's request id is passed on"
+    );
     assert_eq!(h["x-forwarded-host"], "hello.localhost");
     let xff = h["x-forwarded-for"].as_str().unwrap();
     // Envoy appends the client's address, the edge appends Envoy's, the connector the edge's.

@@ -1,6 +1,7 @@
 //! Large bodies stream both ways through the tunnel with bounded memory.
 //! Size: `PORTCULLIS_LARGE_BODY_MIB` (default 64; set 1024 for the 1 GiB run).
 //! Own test binary, so no other test's memory use disturbs the RSS measurement.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 
@@ -52,7 +53,11 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
 
     // Download: consume chunk by chunk, checking the pattern.
     let resp = client
-        .request(req(&w.edge, "hello", &format!("/bytes?n={n}")).body(portcullis_connector::body::empty()).unwrap())
+        .request(
+            req(&w.edge, "hello", &format!("/bytes?n={n}"))
+                .body(portcullis_connector::body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -61,14 +66,22 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
     while let Some(frame) = body.frame().await {
         let frame = frame.unwrap();
         if let Some(d) = frame.data_ref() {
-            assert!(d.iter().enumerate().all(|(i, b)| *b == ((got + i as u64) % 251) as u8), "pattern at {got}");
+            assert!(
+                d.iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == ((got + i as u64) % 251) as u8),
+                "pattern at {got}"
+            );
             got += d.len() as u64;
         }
     }
     assert_eq!(got, n);
 
     // Upload: the sample app counts and checks the pattern.
-    let r = req(&w.edge, "hello", "/upload").method("POST").body(pattern_body(n)).unwrap();
+    let r = req(&w.edge, "hello", "/upload")
+        .method("POST")
+        .body(pattern_body(n))
+        .unwrap();
     let (status, _, body) = send(&client, r).await;
     assert_eq!(status, 200);
     let v = json(&body);
@@ -77,8 +90,16 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
 
     sampling.abort();
     let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
-    eprintln!("{mib} MiB each way; RSS baseline {} MiB, peak growth {} MiB", baseline >> 20, grew >> 20);
-    assert!(grew < 64 << 20, "memory grew by {} MiB while streaming {mib} MiB", grew >> 20);
+    eprintln!(
+        "{mib} MiB each way; RSS baseline {} MiB, peak growth {} MiB",
+        baseline >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 64 << 20,
+        "memory grew by {} MiB while streaming {mib} MiB",
+        grew >> 20
+    );
     let m = w.edge.handle.metrics();
     assert!(m.bytes_up_total.load(Ordering::Relaxed) >= n);
     assert!(m.bytes_down_total.load(Ordering::Relaxed) >= n);

@@ -1,4 +1,5 @@
 //! In-process end-to-end tests: edge + connector + sample app on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 
@@ -17,7 +18,10 @@ async fn request_goes_through_the_tunnel_with_forwarded_headers_and_no_proxy_coo
     wait_tunnels(&w.edge, 2).await;
     let client = client();
     let r = req(&w.edge, "hello", "/echo?x=1")
-        .header("cookie", "__Host-portcullis=secret; theme=dark; portcullis_state=x; PORTCULLIS-x=y")
+        .header(
+            "cookie",
+            "__Host-portcullis=secret; theme=dark; portcullis_state=x; PORTCULLIS-x=y",
+        )
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "https")
         .header("x-request-id", "rid-123")
@@ -42,7 +46,11 @@ async fn request_goes_through_the_tunnel_with_forwarded_headers_and_no_proxy_coo
     w.edge.stop().await;
 }
 
-async fn register_with(w: &World, token: String, dir: &std::path::Path) -> Result<(), (u16, String)> {
+async fn register_with(
+    w: &World,
+    token: String,
+    dir: &std::path::Path,
+) -> Result<(), (u16, String)> {
     use portcullis_connector::connector::{register, ConnectorError, EdgeTrust, RegisterOptions};
     match register(&RegisterOptions {
         edge_url: w.edge.register_url(),
@@ -65,42 +73,73 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
     let w = world(hello).await;
     let other_idp = Idp::new(&w.dir.path().join("other-idp").tap_mkdir());
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("bad signature", other_idp.admin_token(), 401, "token_invalid_signature"),
+        (
+            "bad signature",
+            other_idp.admin_token(),
+            401,
+            "token_invalid_signature",
+        ),
         (
             "expired",
-            w.idp.token_with(json!({"tid": TENANT, "roles": ["Connector.Admin"]}), -3600, AUDIENCE),
+            w.idp.token_with(
+                json!({"tid": TENANT, "roles": ["Connector.Admin"]}),
+                -3600,
+                AUDIENCE,
+            ),
             401,
             "token_expired",
         ),
         (
             "wrong tenant",
-            w.idp.token_with(json!({"tid": "tenant-b", "roles": ["Connector.Admin"]}), 600, AUDIENCE),
+            w.idp.token_with(
+                json!({"tid": "tenant-b", "roles": ["Connector.Admin"]}),
+                600,
+                AUDIENCE,
+            ),
             403,
             "tenant_mismatch",
         ),
         (
             "not admin",
-            w.idp.token_with(json!({"tid": TENANT, "roles": ["Reader"], "groups": ["staff"]}), 600, AUDIENCE),
+            w.idp.token_with(
+                json!({"tid": TENANT, "roles": ["Reader"], "groups": ["staff"]}),
+                600,
+                AUDIENCE,
+            ),
             403,
             "not_admin",
         ),
         (
             "wrong audience",
-            w.idp.token_with(json!({"tid": TENANT, "roles": ["Connector.Admin"]}), 600, "someone-else"),
+            w.idp.token_with(
+                json!({"tid": TENANT, "roles": ["Connector.Admin"]}),
+                600,
+                "someone-else",
+            ),
             401,
             "audience_mismatch",
         ),
         ("garbage", "not-a-jwt".into(), 401, "token_malformed"),
     ];
     for (what, token, status, code) in cases {
-        let dir = w.dir.path().join(format!("refused-{}", what.replace(' ', "-")));
+        let dir = w
+            .dir
+            .path()
+            .join(format!("refused-{}", what.replace(' ', "-")));
         let got = register_with(&w, token, &dir).await;
         assert_eq!(got, Err((status, code.to_string())), "{what}");
-        assert!(!dir.join("cert.pem").exists(), "{what}: nothing may be issued");
+        assert!(
+            !dir.join("cert.pem").exists(),
+            "{what}: nothing may be issued"
+        );
     }
     // Admin by group instead of role.
     let dir = w.dir.path().join("ok-group");
-    let token = w.idp.token_with(json!({"tid": TENANT, "groups": ["connector-admins"]}), 600, AUDIENCE);
+    let token = w.idp.token_with(
+        json!({"tid": TENANT, "groups": ["connector-admins"]}),
+        600,
+        AUDIENCE,
+    );
     assert_eq!(register_with(&w, token, &dir).await, Ok(()));
     // Admin by role; key and certificate are private.
     let dir = w.dir.path().join("ok-role");
@@ -111,13 +150,21 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
         assert_eq!(mode, 0o600, "{f}");
     }
     let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
-    let der = portcullis_connector::pki::parse_certs_pem(&pem).unwrap().remove(0);
+    let der = portcullis_connector::pki::parse_certs_pem(&pem)
+        .unwrap()
+        .remove(0);
     let id = portcullis_connector::pki::ConnectorIdentity::from_cert(&der).unwrap();
     assert!(id.id.starts_with("c-"));
     assert_eq!(id.group, "default");
     let m = w.edge.handle.metrics().render();
-    assert!(m.contains("portcullis_edge_registrations_total{result=\"ok\"} 2"), "{m}");
-    assert!(m.contains("portcullis_edge_registrations_total{result=\"not_admin\"} 1"), "{m}");
+    assert!(
+        m.contains("portcullis_edge_registrations_total{result=\"ok\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_edge_registrations_total{result=\"not_admin\"} 1"),
+        "{m}"
+    );
     w.edge.stop().await;
 }
 
@@ -142,11 +189,15 @@ async fn registration_by_ca_fingerprint_and_wrong_fingerprint_refused() {
         group: Some("other".into()),
         trust: EdgeTrust::Fingerprint(fp.into()),
     };
-    let resp = register(&opts(&w.edge.handle.ca_fingerprint, "fp-ok")).await.unwrap();
+    let resp = register(&opts(&w.edge.handle.ca_fingerprint, "fp-ok"))
+        .await
+        .unwrap();
     assert_eq!(resp.group, "other");
     let bad = "00".repeat(32);
     match register(&opts(&bad, "fp-bad")).await {
-        Err(ConnectorError::EdgeUnreachable { reason, .. }) => assert!(reason.contains("fingerprint"), "{reason}"),
+        Err(ConnectorError::EdgeUnreachable { reason, .. }) => {
+            assert!(reason.contains("fingerprint"), "{reason}")
+        }
         other => panic!("expected a TLS refusal, got {other:?}"),
     }
     w.edge.stop().await;
@@ -157,22 +208,30 @@ async fn api_call_with(edge: &Edge, chain_pem: &str, key_pem: &str) -> Result<u1
     use portcullis_connector::pki;
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki::parse_certs_pem(&edge.handle.ca_pem).unwrap().remove(0)).unwrap();
+    roots
+        .add(pki::parse_certs_pem(&edge.handle.ca_pem).unwrap().remove(0))
+        .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(pki::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_client_auth_cert(pki::parse_certs_pem(chain_pem).unwrap(), pki::parse_key_pem(key_pem).unwrap())
+        .with_client_auth_cert(
+            pki::parse_certs_pem(chain_pem).unwrap(),
+            pki::parse_key_pem(key_pem).unwrap(),
+        )
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(edge.handle.tunnel_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(edge.handle.tunnel_addr)
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, portcullis_connector::body::BoxBody>(
-        hyper_util::rt::TokioIo::new(tls),
-    )
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        portcullis_connector::body::BoxBody,
+    >(hyper_util::rt::TokioIo::new(tls))
     .await
     .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -194,22 +253,39 @@ async fn client_certificates_from_another_ca_or_expired_are_refused() {
     // A valid certificate from the edge's CA works.
     let (key_pem, csr) = portcullis_connector::pki::new_key_and_csr("t").unwrap();
     let ca = w.edge.handle.ca();
-    let good = ca.sign_connector_csr(&csr, "c-test", "default", 1, SystemTime::now()).unwrap();
+    let good = ca
+        .sign_connector_csr(&csr, "c-test", "default", 1, SystemTime::now())
+        .unwrap();
     assert_eq!(api_call_with(&w.edge, &good, &key_pem).await, Ok(200));
     // Expired, though from the right CA.
     let now = SystemTime::now();
     let expired = ca
-        .sign_with_validity(&csr, "c-test", "default", now - Duration::from_secs(7200), now - Duration::from_secs(3600))
+        .sign_with_validity(
+            &csr,
+            "c-test",
+            "default",
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
         .unwrap();
-    let err = api_call_with(&w.edge, &expired, &key_pem).await.unwrap_err();
+    let err = api_call_with(&w.edge, &expired, &key_pem)
+        .await
+        .unwrap_err();
     assert!(err.contains("CertificateExpired"), "{err}");
     // Another CA with the same names.
     let other_dir = w.dir.path().join("other-ca");
     let other = portcullis_connector::pki::EdgeCa::load_or_create(&other_dir).unwrap();
-    let foreign = other.sign_connector_csr(&csr, "c-test", "default", 1, now).unwrap();
-    let err = api_call_with(&w.edge, &foreign, &key_pem).await.unwrap_err();
+    let foreign = other
+        .sign_connector_csr(&csr, "c-test", "default", 1, now)
+        .unwrap();
+    let err = api_call_with(&w.edge, &foreign, &key_pem)
+        .await
+        .unwrap_err();
     // Same CA name, different key: the signature check fails (DecryptError alert).
-    assert!(err.contains("UnknownCA") || err.contains("DecryptError"), "{err}");
+    assert!(
+        err.contains("UnknownCA") || err.contains("DecryptError"),
+        "{err}"
+    );
     let m = w.edge.handle.metrics();
     assert_eq!(m.errors_with("client_certificate_refused"), 2);
     // The connector itself refuses to start with an expired certificate.
@@ -252,7 +328,10 @@ async fn group_without_live_connector_answers_502_connector_unavailable() {
         .unwrap();
     let (status, headers, body) = send(&client, r).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(String::from_utf8_lossy(&body).contains("connector_unavailable"));
     // Unknown app.
     let (status, headers, _) = get(&client, &w.edge, "nope", "/").await;
@@ -305,10 +384,16 @@ async fn metrics_endpoints_report_tunnels_and_requests() {
     assert!(m.contains("portcullis_edge_tunnels_up 2"), "{m}");
     assert!(m.contains("portcullis_edge_requests_total 1"), "{m}");
     assert!(m.contains("portcullis_edge_bytes_down_total 1000"), "{m}");
-    assert!(m.contains("portcullis_edge_registrations_total{result=\"ok\"} 1"), "{m}");
+    assert!(
+        m.contains("portcullis_edge_registrations_total{result=\"ok\"} 1"),
+        "{m}"
+    );
     let m = scrape(c.handle.metrics_addr.unwrap()).await;
     assert!(m.contains("portcullis_connector_tunnels_up 2"), "{m}");
-    assert!(m.contains("portcullis_connector_bytes_down_total 1000"), "{m}");
+    assert!(
+        m.contains("portcullis_connector_bytes_down_total 1000"),
+        "{m}"
+    );
     assert!(m.contains("portcullis_connector_config_pulls_total"), "{m}");
     c.stop().await;
     w.edge.stop().await;
@@ -323,7 +408,11 @@ async fn reload_keeps_tunnels_and_an_unknown_app_is_fetched_on_demand() {
     eventually(10, "first config", || c.handle.config().is_some()).await;
     let before: Vec<u64> = w.edge.handle.tunnels().iter().map(|t| t.id).collect();
     let mut file = w.edge.file.clone();
-    file.apps.push(app("second", "default", &format!("http://{}", w.backend.addr)));
+    file.apps.push(app(
+        "second",
+        "default",
+        &format!("http://{}", w.backend.addr),
+    ));
     // A bad file is refused with the field named, and nothing changes.
     let mut bad = file.clone();
     bad.apps[1].group = "missing".into();
@@ -335,22 +424,31 @@ async fn reload_keeps_tunnels_and_an_unknown_app_is_fetched_on_demand() {
     assert_eq!(status, StatusCode::OK, "{body:?}");
     let after: Vec<u64> = w.edge.handle.tunnels().iter().map(|t| t.id).collect();
     assert_eq!(before, after, "tunnels must survive a reload");
-    assert!(c.handle.config().unwrap().apps.iter().any(|a| a.name == "second"));
+    assert!(c
+        .handle
+        .config()
+        .unwrap()
+        .apps
+        .iter()
+        .any(|a| a.name == "second"));
     c.stop().await;
     w.edge.stop().await;
 }
 
 /// An HTTPS sample app whose certificate is issued by a fresh CA; returns (addr, ca_pem, leaf_spki_pin_b64).
-async fn start_tls_backend(dir: &std::path::Path) -> (std::net::SocketAddr, std::path::PathBuf, String) {
+async fn start_tls_backend(
+    dir: &std::path::Path,
+) -> (std::net::SocketAddr, std::path::PathBuf, String) {
     use base64::Engine as _;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use std::sync::Arc;
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("backend CA {}", rand::random::<u32>()));
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("backend CA {}", rand::random::<u32>()),
+    );
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
@@ -376,10 +474,14 @@ async fn start_tls_backend(dir: &std::path::Path) -> (std::net::SocketAddr, std:
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let svc = hyper::service::service_fn(move |req| {
                     let hits = hits.clone();
@@ -450,7 +552,8 @@ async fn https_backends_pinned_or_ca_verified_are_accepted_and_others_refused() 
 }
 
 #[tokio::test]
-async fn config_is_cached_and_served_while_the_edge_is_down_then_tunnels_reconnect_after_edge_restart() {
+async fn config_is_cached_and_served_while_the_edge_is_down_then_tunnels_reconnect_after_edge_restart(
+) {
     let w = world(hello).await;
     let cdir = w.dir.path().join("c1");
     let cfg = register(&w.edge, &w.idp, &cdir, "default").await;
@@ -472,13 +575,21 @@ async fn config_is_cached_and_served_while_the_edge_is_down_then_tunnels_reconne
     file.listen.local = h.local_addr.to_string();
     w.edge.stop().await;
     let c = start_connector(&cfg).await;
-    assert_eq!(c.handle.config().as_ref(), Some(&view), "served from cache at start");
+    assert_eq!(
+        c.handle.config().as_ref(),
+        Some(&view),
+        "served from cache at start"
+    );
     let m = c.handle.metrics();
     eventually(10, "failed pulls and dials", || {
         m.errors_with("config_pull_failed") >= 1 && m.errors_with("tunnel_connect_failed") >= 2
     })
     .await;
-    assert_eq!(c.handle.config().as_ref(), Some(&view), "cache kept while the edge is unreachable");
+    assert_eq!(
+        c.handle.config().as_ref(),
+        Some(&view),
+        "cache kept while the edge is unreachable"
+    );
 
     // Edge comes back on the same addresses with the same CA: tunnels reconnect.
     let edge = start_edge(file).await;
@@ -506,12 +617,18 @@ async fn renewal_switches_certificates_without_dropping_open_streams() {
         Arc::new(move || SystemTime::now() + Duration::from_secs(offset.load(Ordering::SeqCst)))
     };
     let (trigger, shutdown) = portcullis_connector::Shutdown::new();
-    let c = portcullis_connector::connector::start_with_clock(cfg.validate().unwrap(), shutdown, clock)
-        .await
-        .unwrap();
+    let c =
+        portcullis_connector::connector::start_with_clock(cfg.validate().unwrap(), shutdown, clock)
+            .await
+            .unwrap();
     wait_tunnels(&w.edge, 2).await;
     let old_serial = c.cert_serial();
-    assert!(w.edge.handle.tunnels().iter().all(|t| t.cert_serial == old_serial));
+    assert!(w
+        .edge
+        .handle
+        .tunnels()
+        .iter()
+        .all(|t| t.cert_serial == old_serial));
     let client = client();
     // Open streams: a slow download (3 s) and an upload, both in flight during renewal.
     let drip = {
@@ -524,13 +641,19 @@ async fn renewal_switches_certificates_without_dropping_open_streams() {
     let upload = {
         let client = client.clone();
         let body = throttled_pattern(8 << 20, 64 * 1024, Duration::from_millis(20));
-        let r = req(&w.edge, "hello", "/upload").method("POST").body(body).unwrap();
+        let r = req(&w.edge, "hello", "/upload")
+            .method("POST")
+            .body(body)
+            .unwrap();
         tokio::spawn(async move { send(&client, r).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     offset.store(31 * 86_400, Ordering::SeqCst);
     let m = c.metrics();
-    eventually(10, "renewal", || m.renewals_total.load(Ordering::Relaxed) == 1).await;
+    eventually(10, "renewal", || {
+        m.renewals_total.load(Ordering::Relaxed) == 1
+    })
+    .await;
     offset.store(0, Ordering::SeqCst);
     let new_serial = c.cert_serial();
     assert_ne!(new_serial, old_serial);
@@ -551,18 +674,36 @@ async fn renewal_switches_certificates_without_dropping_open_streams() {
     let (status, _, _) = get(&client, &w.edge, "hello", "/echo").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(m.renewals_total.load(Ordering::Relaxed), 1);
-    assert_eq!(w.edge.handle.metrics().renewals_total.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        w.edge
+            .handle
+            .metrics()
+            .renewals_total
+            .load(Ordering::Relaxed),
+        1
+    );
     // The stored certificate is the new one.
     let pem = std::fs::read_to_string(w.dir.path().join("c1/cert.pem")).unwrap();
-    let der = portcullis_connector::pki::parse_certs_pem(&pem).unwrap().remove(0);
-    assert_eq!(portcullis_connector::pki::ConnectorIdentity::from_cert(&der).unwrap().serial, new_serial);
+    let der = portcullis_connector::pki::parse_certs_pem(&pem)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        portcullis_connector::pki::ConnectorIdentity::from_cert(&der)
+            .unwrap()
+            .serial,
+        new_serial
+    );
     trigger.trigger();
     c.wait().await;
     w.edge.stop().await;
 }
 
 /// `n` pattern bytes in `chunk`-sized pieces, one every `pause`.
-fn throttled_pattern(n: u64, chunk: u64, pause: std::time::Duration) -> portcullis_connector::body::BoxBody {
+fn throttled_pattern(
+    n: u64,
+    chunk: u64,
+    pause: std::time::Duration,
+) -> portcullis_connector::body::BoxBody {
     let stream = futures_util::stream::unfold(0u64, move |off| async move {
         if off >= n {
             return None;
@@ -570,7 +711,10 @@ fn throttled_pattern(n: u64, chunk: u64, pause: std::time::Duration) -> portcull
         tokio::time::sleep(pause).await;
         let len = (n - off).min(chunk) as usize;
         let v: Vec<u8> = (0..len).map(|i| ((off + i as u64) % 251) as u8).collect();
-        Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(v))), off + len as u64))
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(v))),
+            off + len as u64,
+        ))
     });
     portcullis_connector::body::boxed(http_body_util::StreamBody::new(stream))
 }
@@ -595,8 +739,13 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
     let after_failed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..8 {
-        let (client, killed, stop, ok, failed) =
-            (client.clone(), killed.clone(), stop.clone(), after_ok.clone(), after_failed.clone());
+        let (client, killed, stop, ok, failed) = (
+            client.clone(),
+            killed.clone(),
+            stop.clone(),
+            after_ok.clone(),
+            after_failed.clone(),
+        );
         let url = format!("http://{}/slow?ms=5", w.edge.handle.local_addr);
         let r = move || {
             http::Request::get(&url)
@@ -607,7 +756,11 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let started_after_kill = killed.load(Ordering::SeqCst);
-                let status = client.request(r()).await.map(|r| r.status().as_u16()).unwrap_or(0);
+                let status = client
+                    .request(r())
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
                 if started_after_kill {
                     if status == 200 {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -630,7 +783,10 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
     assert_eq!(by.len(), 2, "both connectors serve: {by:?}");
     let total: u64 = by.values().sum();
     for (id, n) in &by {
-        assert!(*n * 5 >= total, "{id} served {n} of {total}: load is not shared");
+        assert!(
+            *n * 5 >= total,
+            "{id} served {n} of {total}: load is not shared"
+        );
     }
     // Kill connector 1 abruptly (no drain).
     c1.handle.abort();
@@ -641,9 +797,16 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
         wk.await.unwrap();
     }
     assert!(after_ok.load(Ordering::Relaxed) > 50, "traffic continued");
-    assert_eq!(after_failed.load(Ordering::Relaxed), 0, "no request started after the kill was lost");
+    assert_eq!(
+        after_failed.load(Ordering::Relaxed),
+        0,
+        "no request started after the kill was lost"
+    );
     let left = served_by(&w.edge);
-    assert!(!left.contains_key(&id1), "the killed connector's tunnels are gone: {left:?}");
+    assert!(
+        !left.contains_key(&id1),
+        "the killed connector's tunnels are gone: {left:?}"
+    );
     c2.stop().await;
     w.edge.stop().await;
 }

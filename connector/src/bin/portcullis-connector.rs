@@ -39,7 +39,11 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
         /// PEM file with the edge's connector CA certificate.
-        #[arg(long, conflicts_with = "edge_fingerprint", required_unless_present = "edge_fingerprint")]
+        #[arg(
+            long,
+            conflicts_with = "edge_fingerprint",
+            required_unless_present = "edge_fingerprint"
+        )]
         edge_ca: Option<PathBuf>,
         /// SHA-256 fingerprint (hex) of the edge's CA certificate (`portcullis-edge fingerprint`).
         #[arg(long)]
@@ -65,7 +69,9 @@ enum Command {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -87,13 +93,18 @@ async fn main() -> anyhow::Result<()> {
             edge_ca,
             edge_fingerprint,
         } => {
-            let token = match (token.or_else(|| std::env::var("PORTCULLIS_ADMIN_TOKEN").ok()), token_file) {
+            let token = match (
+                token.or_else(|| std::env::var("PORTCULLIS_ADMIN_TOKEN").ok()),
+                token_file,
+            ) {
                 (Some(t), _) => t,
                 (None, Some(f)) => std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?
                     .trim()
                     .to_string(),
-                (None, None) => anyhow::bail!("give the admin token with --token, --token-file or PORTCULLIS_ADMIN_TOKEN"),
+                (None, None) => anyhow::bail!(
+                    "give the admin token with --token, --token-file or PORTCULLIS_ADMIN_TOKEN"
+                ),
             };
             let trust = match (edge_ca, edge_fingerprint) {
                 (Some(p), _) => EdgeTrust::CaFile(p),
@@ -126,7 +137,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", path.display()))?;
             let (trigger, shutdown) = Shutdown::new();
             let handle = connector::start(settings, shutdown).await?;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -1,6 +1,6 @@
 //! Test fixtures: an admin-token issuer (ES256 JWKS), edge and connector builders on
 //! port 0, a sample backend, and an HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jwt_simple::prelude::*;
 use portcullis_connector::body::{boxed, full, BoxBody};
-use portcullis_connector::config::{AdminConfig, AppConfig, ConnectorConfigFile, EdgeConfigFile, EdgeListen};
+use portcullis_connector::config::{
+    AdminConfig, AppConfig, ConnectorConfigFile, EdgeConfigFile, EdgeListen,
+};
 use portcullis_connector::connector::{self, ConnectorHandle, EdgeTrust, RegisterOptions};
 use portcullis_connector::edge::{self, EdgeHandle};
 use portcullis_connector::{Shutdown, ShutdownTrigger};
@@ -45,11 +47,13 @@ impl Idp {
 
     /// A token with the given custom claims, valid for `valid` (negative: already expired).
     pub fn token_with(&self, custom: serde_json::Value, valid_secs: i64, aud: &str) -> String {
-        let custom: serde_json::Map<String, serde_json::Value> = serde_json::from_value(custom).unwrap();
-        let mut claims = Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(600))
-            .with_issuer(ISSUER)
-            .with_audience(aud)
-            .with_subject("admin@tenant-a");
+        let custom: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(custom).unwrap();
+        let mut claims =
+            Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(600))
+                .with_issuer(ISSUER)
+                .with_audience(aud)
+                .with_subject("admin@tenant-a");
         let now = Clock::now_since_epoch().as_secs() as i64;
         claims.expires_at = Some(UnixTimeStamp::from_secs((now + valid_secs) as u64));
         if valid_secs < 0 {
@@ -61,7 +65,11 @@ impl Idp {
 
     /// A valid admin token.
     pub fn admin_token(&self) -> String {
-        self.token_with(json!({ "tid": TENANT, "roles": ["Connector.Admin"] }), 600, AUDIENCE)
+        self.token_with(
+            json!({ "tid": TENANT, "roles": ["Connector.Admin"] }),
+            600,
+            AUDIENCE,
+        )
     }
 }
 
@@ -121,8 +129,14 @@ pub struct Edge {
 
 pub async fn start_edge(file: EdgeConfigFile) -> Edge {
     let (trigger, shutdown) = Shutdown::new();
-    let handle = edge::start(file.validate().unwrap(), shutdown).await.unwrap();
-    Edge { handle, trigger, file }
+    let handle = edge::start(file.validate().unwrap(), shutdown)
+        .await
+        .unwrap();
+    Edge {
+        handle,
+        trigger,
+        file,
+    }
 }
 
 impl Edge {
@@ -134,7 +148,9 @@ impl Edge {
         format!("https://127.0.0.1:{}", self.handle.registration_addr.port())
     }
     pub fn ca_file(&self) -> PathBuf {
-        self.file.state_dir.join(portcullis_connector::pki::CA_CERT_FILE)
+        self.file
+            .state_dir
+            .join(portcullis_connector::pki::CA_CERT_FILE)
     }
 }
 
@@ -164,7 +180,9 @@ pub struct Conn {
 
 pub async fn start_connector(cfg: &ConnectorConfigFile) -> Conn {
     let (trigger, shutdown) = Shutdown::new();
-    let handle = connector::start(cfg.validate().unwrap(), shutdown).await.unwrap();
+    let handle = connector::start(cfg.validate().unwrap(), shutdown)
+        .await
+        .unwrap();
     Conn { handle, trigger }
 }
 
@@ -188,7 +206,10 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Waits until the edge has `n` tunnels.
 pub async fn wait_tunnels(edge: &Edge, n: usize) {
-    eventually(15, &format!("{n} tunnels"), || edge.handle.tunnels().len() == n).await;
+    eventually(15, &format!("{n} tunnels"), || {
+        edge.handle.tunnels().len() == n
+    })
+    .await;
 }
 
 // ------------------------------------------------------------ sample backend
@@ -212,14 +233,21 @@ pub fn pattern_body(n: u64) -> BoxBody {
         }
         let len = (n - off).min(64 * 1024) as usize;
         let chunk: Vec<u8> = (0..len).map(|i| ((off + i as u64) % 251) as u8).collect();
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))), off + len as u64))
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
+            off + len as u64,
+        ))
     });
     boxed(StreamBody::new(stream))
 }
 
 /// Sample app: `/echo` (request as JSON), `/bytes?n=` (n bytes), `/upload` (counts the
 /// body and checks its pattern), `/slow?ms=`, `/drip?chunks=&ms=` (slow stream).
-pub async fn sample_app(req: Request<Incoming>, name: &'static str, hits: Arc<AtomicU64>) -> Response<BoxBody> {
+pub async fn sample_app(
+    req: Request<Incoming>,
+    name: &'static str,
+    hits: Arc<AtomicU64>,
+) -> Response<BoxBody> {
     hits.fetch_add(1, Ordering::Relaxed);
     match req.uri().path() {
         "/bytes" => {
@@ -235,7 +263,10 @@ pub async fn sample_app(req: Request<Incoming>, name: &'static str, hits: Arc<At
             let mut ok = true;
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else {
-                    return Response::builder().status(500).body(full("body error")).unwrap();
+                    return Response::builder()
+                        .status(500)
+                        .body(full("body error"))
+                        .unwrap();
                 };
                 if let Some(d) = frame.data_ref() {
                     for (i, b) in d.iter().enumerate() {
@@ -246,7 +277,9 @@ pub async fn sample_app(req: Request<Incoming>, name: &'static str, hits: Arc<At
                     count += d.len() as u64;
                 }
             }
-            Response::new(full(json!({ "bytes": count, "pattern_ok": ok }).to_string()))
+            Response::new(full(
+                json!({ "bytes": count, "pattern_ok": ok }).to_string(),
+            ))
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms"))).await;
@@ -260,7 +293,10 @@ pub async fn sample_app(req: Request<Incoming>, name: &'static str, hits: Arc<At
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"tick\n"))), i + 1))
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"tick\n"))),
+                    i + 1,
+                ))
             });
             Response::new(boxed(StreamBody::new(stream)))
         }
@@ -298,7 +334,9 @@ pub async fn start_backend(name: &'static str) -> Backend {
     let h = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let h = h.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -316,7 +354,8 @@ pub async fn start_backend(name: &'static str) -> Backend {
 
 // ------------------------------------------------------------ client
 
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
@@ -337,12 +376,24 @@ pub async fn send(client: &Client, req: Request<BoxBody>) -> (StatusCode, http::
     (parts.status, parts.headers, bytes)
 }
 
-pub async fn get(client: &Client, edge: &Edge, app: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
-    send(client, req(edge, app, path).body(portcullis_connector::body::empty()).unwrap()).await
+pub async fn get(
+    client: &Client,
+    edge: &Edge,
+    app: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    send(
+        client,
+        req(edge, app, path)
+            .body(portcullis_connector::body::empty())
+            .unwrap(),
+    )
+    .await
 }
 
 pub fn json(bytes: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(bytes)))
 }
 
 /// A quick world: idp, edge with app `hello` (group `default`) on a backend, one connector.
@@ -359,5 +410,10 @@ pub async fn world(apps: impl FnOnce(&Backend) -> Vec<AppConfig>) -> World {
     let backend = start_backend("hello").await;
     let apps = apps(&backend);
     let edge = start_edge(edge_file(&dir.path().join("edge"), &idp.jwks_path, apps)).await;
-    World { dir, idp, edge, backend }
+    World {
+        dir,
+        idp,
+        edge,
+        backend,
+    }
 }
