@@ -775,3 +775,19 @@ impl ConnectorConfigFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_decode_from_base64_prefixed_base64_or_hex() {
+        let raw = [0xabu8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(decode_pin(&b64), Some(raw));
+        assert_eq!(decode_pin(&format!("sha256/{b64}")), Some(raw));
+        assert_eq!(decode_pin(&"ab".repeat(32)), Some(raw));
+        assert_eq!(decode_pin("abcd"), None);
+        assert_eq!(decode_pin(&"ab".repeat(31)), None);
+    }
+}

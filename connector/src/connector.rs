@@ -751,7 +751,7 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<TunnelConn, String> 
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(s.keepalive)
-        .keep_alive_timeout(s.keepalive.max(Duration::from_secs(5)))
+        .keep_alive_timeout(s.keepalive)
         .max_concurrent_streams(s.max_concurrent_streams)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
@@ -1029,4 +1029,38 @@ async fn refresh_for(state: &Arc<ConnState>, app: &str) -> Option<Arc<Backend>> 
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), refreshed.changed()).await;
     state.backend(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let file = ConnectorConfigFile::with_defaults(
+            "/tmp/x".into(),
+            vec!["127.0.0.1:1".into()],
+            "localhost".into(),
+        );
+        let s = ConnectorConfigFile {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2_000,
+            ..file
+        }
+        .validate()
+        .unwrap();
+        for failures in 1..=40u32 {
+            let nominal = (100u64 << (failures - 1).min(16)).min(2_000);
+            for _ in 0..50 {
+                let d = backoff(&s, failures).as_millis() as u64;
+                assert!(
+                    d >= nominal / 2 && d <= nominal + 1,
+                    "failures {failures}: {d} ms vs {nominal}"
+                );
+            }
+        }
+        let samples: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff(&s, 5).as_millis()).collect();
+        assert!(samples.len() > 5, "jitter spreads reconnects");
+    }
 }

@@ -661,7 +661,7 @@ async fn tunnel_connection(
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(dynamic.keepalive)
-            .keep_alive_timeout(dynamic.keepalive.max(Duration::from_secs(5)))
+            .keep_alive_timeout(dynamic.keepalive)
             .keep_alive_while_idle(true)
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
@@ -1065,5 +1065,61 @@ fn state_counter(state: &EdgeState, up: bool) -> Arc<AtomicU64> {
         state.metrics.bytes_up_total.clone()
     } else {
         state.metrics.bytes_down_total.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_cookies_are_removed_in_any_case_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-portcullis=a; theme=dark"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("PortCullis_state=b;lang=en; __Secure-portcullis-x=c"),
+        );
+        strip_proxy_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "theme=dark; lang=en");
+        let mut only = HeaderMap::new();
+        only.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__host-PORTCULLIS=a"),
+        );
+        strip_proxy_cookies(&mut only);
+        assert!(only.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_are_kept_only_from_trusted_peers() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        let mut untrusted = h.clone();
+        append_forwarded(&mut untrusted, peer, false, "http", Some("app.test"));
+        assert_eq!(untrusted["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "app.test");
+        append_forwarded(&mut h, peer, true, "http", Some("app.test"));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.test");
+    }
+
+    #[test]
+    fn request_id_is_taken_only_from_trusted_peers_and_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h, true), "abc-123");
+        assert_ne!(request_id(&h, false), "abc-123");
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h, true).len(), 32);
     }
 }

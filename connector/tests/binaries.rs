@@ -1,0 +1,266 @@
+//! Tests of the real binaries: the connector never listens on any port (it only dials
+//! out; checked in /proc/<pid>), SIGTERM drains, SIGHUP reloads the edge, errors are clear.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Socket inodes of `pid` in `state` (hex, e.g. `0A` = LISTEN, `01` = ESTABLISHED).
+fn sockets_in_state(pid: u32, state: &str) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == state {
+                out.insert(cols[9].parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn socket_fds(pid: u32) -> HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn connector_process_never_listens_and_drains_on_sigterm() {
+    let w = world(|b| vec![app("hello", "default", &format!("http://{}", b.addr))]).await;
+    let state = w.dir.path().join("c1");
+    let _ = register(&w.edge, &w.idp, &state, "default").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
+        .args(["run", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_tunnels(&w.edge, 2).await;
+    let client = client();
+    let (status, _, _) = get(&client, &w.edge, "hello", "/echo").await;
+    assert_eq!(status, 200);
+
+    let fds = socket_fds(pid);
+    let listening: HashSet<u64> = sockets_in_state(pid, "0A")
+        .intersection(&fds)
+        .copied()
+        .collect();
+    let established: HashSet<u64> = sockets_in_state(pid, "01")
+        .intersection(&fds)
+        .copied()
+        .collect();
+    assert!(
+        listening.is_empty(),
+        "the connector listens on sockets {listening:?}"
+    );
+    assert!(
+        established.len() >= 2,
+        "expected the outbound tunnels among {fds:?}"
+    );
+
+    // SIGTERM: graceful drain, clean exit, tunnels gone.
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connector did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    wait_tunnels(&w.edge, 0).await;
+    w.edge.stop().await;
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for (bin, subs) in [
+        (
+            env!("CARGO_BIN_EXE_portcullis-connector"),
+            vec!["register", "run", "check"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_portcullis-edge"),
+            vec!["run", "check", "fingerprint"],
+        ),
+    ] {
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        for sub in subs {
+            let out = Command::new(bin).args([sub, "--help"]).output().unwrap();
+            assert!(out.status.success(), "{bin} {sub} --help");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("Usage"),
+                "{bin} {sub}"
+            );
+        }
+    }
+}
+
+#[test]
+fn clear_errors_for_missing_certificate_unreachable_edge_and_bad_config() {
+    let bin = env!("CARGO_BIN_EXE_portcullis-connector");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // No connector.json at all.
+    let state = dir.path().to_str().unwrap();
+    let err = run(&["run", "--state-dir", state]);
+    assert!(err.contains("connector.json"), "{err}");
+    // A configuration but no certificate: not registered.
+    std::fs::write(
+        dir.path().join("connector.json"),
+        format!(r#"{{"state_dir": "{state}", "edges": ["127.0.0.1:9"]}}"#),
+    )
+    .unwrap();
+    let err = run(&["run", "--state-dir", state]);
+    assert!(
+        err.contains("not registered") && err.contains("cert.pem"),
+        "{err}"
+    );
+    // A bad field is named.
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"state_dir": "/x", "edges": ["nohost"]}"#,
+    )
+    .unwrap();
+    let err = run(&[
+        "check",
+        "--config",
+        dir.path().join("bad.json").to_str().unwrap(),
+    ]);
+    assert!(err.contains("edges[0]"), "{err}");
+    // Unreachable edge at registration.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = run(&[
+        "register",
+        "--edge",
+        &format!("https://127.0.0.1:{port}"),
+        "--token",
+        "x.y.z",
+        "--state-dir",
+        state,
+        "--edge-ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(err.contains("edge unreachable"), "{err}");
+}
+
+#[tokio::test]
+async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new(dir.path());
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let mut file = edge_file(
+        &dir.path().join("edge"),
+        &idp.jwks_path,
+        vec![app("a", "default", "http://127.0.0.1:9")],
+    );
+    file.listen.registration = format!("127.0.0.1:{}", port());
+    file.listen.tunnel = format!("127.0.0.1:{}", port());
+    file.listen.local = format!("127.0.0.1:{}", port());
+    file.listen.metrics = None;
+    let path = dir.path().join("edge.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-edge"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client();
+    let ask = |app: &str| {
+        let client = client.clone();
+        let r = http::Request::get(format!("http://{}/", file.listen.local))
+            .header("x-portcullis-app", app)
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        async move {
+            match client.request(r).await {
+                Ok(resp) => resp
+                    .headers()
+                    .get("x-portcullis-error")
+                    .map(|v| v.to_str().unwrap().to_string()),
+                Err(_) => None,
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ask("a").await.as_deref() != Some("connector_unavailable") {
+        assert!(std::time::Instant::now() < deadline, "edge did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ask("b").await.as_deref(), Some("app_unknown"));
+    file.apps.push(app("b", "default", "http://127.0.0.1:9"));
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ask("b").await.as_deref() != Some("connector_unavailable") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edge did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success());
+}
