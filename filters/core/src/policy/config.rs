@@ -32,6 +32,10 @@ struct RawConfig {
     #[serde(default)]
     country_header: Option<String>,
     #[serde(default)]
+    hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    default_app: Option<String>,
+    #[serde(default)]
     mfa: RawMfa,
     #[serde(default)]
     risk: RawRisk,
@@ -393,6 +397,10 @@ pub struct PolicyConfig {
     pub address: AddressSource,
     /// Request header (lower-case) carrying the country set by a trusted geo-IP stage.
     pub country_header: Option<String>,
+    /// Host (lower-case, no port) → app id, for requests without a handed-over identity.
+    pub hosts: HashMap<String, String>,
+    /// App id for requests whose app is otherwise unknown.
+    pub default_app: Option<String>,
     /// `amr` values that count as MFA.
     pub mfa_amr: Vec<String>,
     /// `acr` asked for when MFA is missing.
@@ -422,6 +430,29 @@ impl PolicyConfig {
     pub fn from_json(bytes: &[u8]) -> Result<PolicyConfig, ConfigError> {
         let raw: RawConfig = parse_json(bytes)?;
         validate(raw)
+    }
+
+    /// The app a request belongs to: the one the preauth filter handed over,
+    /// else the one configured for its `Host` (port ignored), else `default_app`,
+    /// else `""` (only `*` policies apply).
+    pub fn app_id<'a>(&'a self, handed_over: Option<&'a str>, host: &str) -> &'a str {
+        if let Some(app) = handed_over {
+            return app;
+        }
+        let host = host.trim();
+        let bare = if host.starts_with('[') {
+            host.split_once(']')
+                .map_or(host, |(h, _)| h)
+                .trim_start_matches('[')
+        } else {
+            host.split(':').next().unwrap_or(host)
+        };
+        self.hosts
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(bare))
+            .map(|(_, a)| a.as_str())
+            .or(self.default_app.as_deref())
+            .unwrap_or("")
     }
 
     /// The index for `app`.
@@ -540,6 +571,21 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
         Some(h) => Some(check_header_name("country_header", &h)?),
         None => None,
     };
+    let mut hosts = HashMap::new();
+    for (host, app) in raw.hosts {
+        let field = format!("hosts.{host}");
+        check_text(&field, &host, "a host name")?;
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(err(field, "write the host without a port"));
+        }
+        check_text(&field, &app, "an app id")?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        hosts.insert(bare.to_ascii_lowercase(), app);
+    }
+    if let Some(app) = &raw.default_app {
+        check_text("default_app", app, "an app id")?;
+    }
+    let default_app = raw.default_app;
     let mfa_amr = match raw.mfa.amr {
         Some(list) => {
             if list.is_empty() {
@@ -869,6 +915,8 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
     Ok(PolicyConfig {
         address,
         country_header,
+        hosts,
+        default_app,
         mfa_amr,
         mfa_acr,
         sign_in_risk_claim,

@@ -844,3 +844,17 @@ fn decision_log_has_every_field() {
     assert!(v["user"].is_null());
     assert_eq!(v["unmet"][0], "sign_in");
 }
+
+#[test]
+fn app_ids_come_from_the_handoff_then_the_host() {
+    let config =
+        cfg(r#"{"hosts": {"hr.localhost": "hr", "[::1]": "v6"}, "default_app": "fallback"}"#);
+    assert_eq!(config.app_id(Some("crm"), "hr.localhost"), "crm");
+    assert_eq!(config.app_id(None, "HR.localhost:10000"), "hr");
+    assert_eq!(config.app_id(None, "hr.localhost"), "hr");
+    assert_eq!(config.app_id(None, "[::1]:443"), "v6");
+    assert_eq!(config.app_id(None, "other"), "fallback");
+    assert_eq!(cfg("{}").app_id(None, "other"), "");
+    let e = PolicyConfig::from_json(br#"{"hosts": {"hr.localhost:80": "hr"}}"#).unwrap_err();
+    assert_eq!(e.field, "hosts.hr.localhost:80");
+}
