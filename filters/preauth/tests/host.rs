@@ -57,7 +57,8 @@ fn config() -> String {
         r#"{{"apps":[
         {{"id":"hr","hosts":["hr.localhost"],"issuer":"{ISS}","client_id":"{CLIENT}",
           "client_secret":"s3cret","cluster":"idp","token_timeout_ms":3000,
-          "sealing_keys":["{KEY}"],"unauthenticated_paths":["/public"]}},
+          "sealing_keys":["{KEY}"],"unauthenticated_paths":["/public"],
+          "bearer":{{"audience":"api://hr"}}}},
         {{"id":"open","hosts":["open.localhost"],"mode":"passthrough"}}]}}"#
     )
 }
@@ -368,4 +369,63 @@ fn keys_are_shared_between_workers_and_survive_a_failed_refresh() {
     }
     a.tick().unwrap();
     sign_in(&mut a, "/still-works");
+}
+
+#[test]
+fn sessions_expire() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    // The ID token lives an hour; the session ends with it.
+    p.advance(StdDuration::from_secs(3600));
+    let (s, _) = request(
+        &mut p,
+        "hr.localhost",
+        "/api",
+        &[("accept", "application/json"), ("cookie", &session)],
+    );
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body_text().contains("session_expired"));
+    let (s, _) = request(
+        &mut p,
+        "hr.localhost",
+        "/page",
+        &[BROWSER, ("cookie", &session)],
+    );
+    assert_eq!(p.local_response(s).unwrap().status, 302);
+}
+
+#[test]
+fn bearer_tokens_for_api_clients() {
+    let mut p = ready();
+    let mut claims = Claims::with_custom_claims(
+        serde_json::json!({"email":"svc@example.com"}),
+        jwt_simple::prelude::Duration::from_secs(600),
+    )
+    .with_issuer(ISS)
+    .with_audience("api://hr")
+    .with_subject("service-1");
+    claims.issued_at = Some(jwt_simple::prelude::Duration::from_secs(NOW));
+    claims.expires_at = Some(jwt_simple::prelude::Duration::from_secs(NOW + 600));
+    claims.invalid_before = None;
+    let token = signing_key().sign(claims).unwrap();
+    let auth = format!("Bearer {token}");
+    let (s, a) = request(
+        &mut p,
+        "hr.localhost",
+        "/api",
+        &[("authorization", &auth), ("x-forwarded-user", "mallory")],
+    );
+    assert_eq!(a, Action::Continue, "{:?}", p.local_response(s));
+    assert_eq!(
+        p.request_header(s, "x-forwarded-user").as_deref(),
+        Some("service-1")
+    );
+    // An ID token for the web client is not an access token for the API.
+    let id = id_token(signing_key(), "n");
+    let auth = format!("Bearer {id}");
+    let (s, _) = request(&mut p, "hr.localhost", "/api", &[("authorization", &auth)]);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body_text().contains("audience_mismatch"));
 }
