@@ -426,7 +426,9 @@ async fn serve_all(
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(forward(state, peer, req).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(1024);
                 let conn = builder
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
@@ -984,7 +986,8 @@ async fn forward(
     };
     let method = parts.method.clone();
     let bodiless = http_body::Body::is_end_stream(&body);
-    let mut body = Some(Tracked::new(boxed(body), state_counter(&state, true), None));
+    let mut body: Option<BoxBody> =
+        Some(Tracked::new(boxed(body), state_counter(&state, true), None).boxed_unsync());
     let mut tried = Vec::new();
     let group = app.group.clone();
     for attempt in 0..3 {
@@ -993,7 +996,7 @@ async fn forward(
         };
         tried.push(tid);
         let this_body = match body.take() {
-            Some(b) => b.boxed_unsync(),
+            Some(b) => b,
             None if bodiless => empty(),
             None => break,
         };
@@ -1033,8 +1036,7 @@ async fn forward(
                 );
                 if let Some(r) = returned {
                     // Not sent: the body can be reused as is.
-                    let b = r.into_body();
-                    body = Some(Tracked::new(b, state_counter(&state, true), None));
+                    body = Some(r.into_body());
                     continue;
                 }
                 if bodiless && idempotent(&method) {
