@@ -1,0 +1,411 @@
+//! Host tests on the release `portcullis_conditional_access.wasm`: the filter
+//! reads the preauth handoff and the downstream address, and answers allow,
+//! deny or step-up as the policies say.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use portcullis_host_tests::{Action, Filter, FilterState, Plugin};
+
+const NOW: u64 = 1_800_000_000;
+
+const CONFIG: &str = r#"{
+  "hosts": {"hr.localhost": "hr"},
+  "mfa": {"step_up_acr": "urn:portcullis:mfa"},
+  "client_address": {"xff_trusted_hops": 0},
+  "named_locations": {"blocked-net": {"cidrs": ["203.0.113.0/24", "2001:db8:bad::/48"]}},
+  "apps": {"hr": {"groups": ["staff"]}},
+  "policies": [
+    {"name": "admin-mfa", "apps": ["hr"], "conditions": {"paths": ["/admin"]}, "grant": {"mfa": true}},
+    {"name": "no-bad-net", "apps": ["*"], "conditions": {"locations": {"include": ["blocked-net"]}}, "grant": {"block": true}},
+    {"name": "audit-posts", "state": "report-only", "apps": ["hr"], "conditions": {"methods": ["POST"]}, "grant": {"block": true}}
+  ]
+}"#;
+
+fn plugin(config: &str) -> Plugin {
+    let p = Plugin::builder(Filter::ConditionalAccess)
+        .config(config)
+        .now_secs(NOW)
+        .start()
+        .unwrap();
+    assert!(p.configured(), "{:?}", p.log_messages());
+    p
+}
+
+/// The handoff JSON the preauth filter writes (contract of `oidc::handoff`).
+fn handoff(sub: &str, groups: &[&str], amr: &[&str], iat: u64) -> String {
+    serde_json::json!({
+        "v": 1,
+        "app": "hr",
+        "identity": {"sub": sub, "groups": groups, "amr": amr, "iat": iat, "exp": NOW + 3600}
+    })
+    .to_string()
+}
+
+struct Call<'a> {
+    identity: Option<String>,
+    source: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+fn call(p: &mut Plugin, c: Call<'_>) -> (u32, Action) {
+    let fs = FilterState::default();
+    if let Some(id) = &c.identity {
+        fs.set("portcullis_identity", id.as_bytes().to_vec());
+    }
+    let s = p.new_stream_with(fs).unwrap();
+    p.set_stream_property(s, "source.address", c.source)
+        .unwrap();
+    let action = p.request_headers(s, &c.headers, true).unwrap();
+    (s, action)
+}
+
+fn browser<'a>(path: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "hr.localhost"),
+        (":scheme", "https"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("x-request-id", "rid-1"),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
+fn staff(amr: &[&str]) -> Option<String> {
+    Some(handoff("alice", &["staff"], amr, NOW - 60))
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_field() {
+    let p = Plugin::builder(Filter::ConditionalAccess)
+        .config(r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["admin"]}}]}"#)
+        .start()
+        .unwrap();
+    assert!(!p.configured());
+    assert!(
+        p.log_messages()
+            .iter()
+            .any(|m| m.contains("policies[0].conditions.paths[0]")),
+        "{:?}",
+        p.log_messages()
+    );
+}
+
+#[test]
+fn admin_path_steps_a_browser_up_and_leaves_other_paths_alone() {
+    let mut p = plugin(CONFIG);
+    let (_, action) = call(
+        &mut p,
+        Call {
+            identity: staff(&["pwd"]),
+            source: "198.51.100.7:5000",
+            headers: browser("/home", &[]),
+        },
+    );
+    assert_eq!(action, Action::Continue);
+
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: staff(&["pwd"]),
+            source: "198.51.100.7:5000",
+            headers: browser("/admin/users?sort=name", &[]),
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/.auth/login?rd=%2Fadmin%2Fusers%3Fsort%3Dname&acr=urn%3Aportcullis%3Amfa")
+    );
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(
+        cookie.starts_with(&format!("__Host-portcullis-stepup={NOW}.")),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("Max-Age=600")
+    );
+    assert_eq!(p.metric("portcullis_ca.app.hr.result.step_up"), Some(1));
+    assert_eq!(p.metric("portcullis_ca.app.hr.result.allow"), Some(1));
+}
+
+#[test]
+fn api_clients_get_401_json_with_the_requirement() {
+    let mut p = plugin(CONFIG);
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: staff(&["pwd"]),
+            source: "198.51.100.7:5000",
+            headers: vec![
+                (":method", "GET"),
+                (":path", "/admin/api"),
+                (":authority", "hr.localhost"),
+                ("accept", "application/json"),
+            ],
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("acr_values=\"urn:portcullis:mfa\""));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"], "step_up_required");
+    assert_eq!(body["acr_values"], "urn:portcullis:mfa");
+    assert_eq!(body["policies"][0], "admin-mfa");
+    assert_eq!(
+        body["login"],
+        "/.auth/login?rd=%2Fadmin%2Fapi&acr=urn%3Aportcullis%3Amfa"
+    );
+}
+
+#[test]
+fn a_step_up_that_comes_back_without_mfa_is_denied_and_mfa_passes() {
+    let mut p = plugin(CONFIG);
+    let (s, _) = call(
+        &mut p,
+        Call {
+            identity: staff(&["pwd"]),
+            source: "198.51.100.7:5000",
+            headers: browser("/admin", &[]),
+        },
+    );
+    let cookie = p.local_response(s).unwrap().header("set-cookie").unwrap();
+    let marker = cookie.split(';').next().unwrap().to_string();
+
+    // New session issued after the step-up was asked, still password only.
+    let fresh_pwd = Some(handoff("alice", &["staff"], &["pwd"], NOW));
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: fresh_pwd,
+            source: "198.51.100.7:5000",
+            headers: browser("/admin", &[("cookie", &marker)]),
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 403);
+    let page = r.body_text();
+    assert!(page.contains("mfa_required"), "{page}");
+    assert!(page.contains("admin-mfa"), "{page}");
+    assert!(page.contains("rid-1"), "{page}");
+
+    // With MFA: through, and the marker is cleared on the response.
+    let fresh_mfa = Some(handoff("alice", &["staff"], &["pwd", "otp", "mfa"], NOW));
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: fresh_mfa,
+            source: "198.51.100.7:5000",
+            headers: browser("/admin", &[("cookie", &marker)]),
+        },
+    );
+    assert_eq!(action, Action::Continue);
+    p.response_headers(s, &[(":status", "200")], true).unwrap();
+    let cleared = p.response_header(s, "set-cookie").unwrap();
+    assert!(
+        cleared.starts_with("__Host-portcullis-stepup=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+}
+
+#[test]
+fn users_outside_the_assignment_are_denied_not_assigned() {
+    let mut p = plugin(CONFIG);
+    let outsider = Some(handoff("mallory", &["guests"], &["pwd", "mfa"], NOW - 60));
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: outsider,
+            source: "198.51.100.7:5000",
+            headers: vec![
+                (":method", "GET"),
+                (":path", "/"),
+                (":authority", "hr.localhost"),
+                ("accept", "application/json"),
+                ("x-request-id", "rid-9"),
+            ],
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 403);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"], "not_assigned");
+    assert_eq!(body["request_id"], "rid-9");
+    assert_eq!(p.metric("portcullis_ca.app.hr.result.deny"), Some(1));
+    // Anonymous (no handoff) on an assigned app: sent to sign in.
+    let (s, _) = call(
+        &mut p,
+        Call {
+            identity: None,
+            source: "198.51.100.7:5000",
+            headers: browser("/x", &[]),
+        },
+    );
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/.auth/login?rd=%2Fx")
+    );
+}
+
+#[test]
+fn downstream_address_decides_location_ipv4_and_ipv6() {
+    let mut p = plugin(CONFIG);
+    for (source, blocked) in [
+        ("203.0.113.50:4000", true),
+        ("[2001:db8:bad::1]:4000", true),
+        ("[2001:db8:900d::1]:4000", false),
+        ("198.51.100.7:5000", false),
+    ] {
+        // A forged X-Forwarded-For is ignored with zero trusted hops.
+        let (s, action) = call(
+            &mut p,
+            Call {
+                identity: staff(&["mfa"]),
+                source,
+                headers: browser("/", &[("x-forwarded-for", "198.51.100.1")]),
+            },
+        );
+        assert_eq!(action == Action::Pause, blocked, "{source}");
+        if blocked {
+            let r = p.local_response(s).unwrap();
+            assert_eq!(r.status, 403);
+            assert!(r.body_text().contains("location_blocked"));
+        }
+    }
+}
+
+#[test]
+fn forwarded_for_is_read_through_trusted_hops_only() {
+    let config = CONFIG.replace(r#""xff_trusted_hops": 0"#, r#""xff_trusted_hops": 1"#);
+    let mut p = plugin(&config);
+    let cases: &[(&str, Option<u32>)] = &[
+        ("198.51.100.1, 203.0.113.9", Some(403)),
+        ("203.0.113.9, 198.51.100.1", None),
+        ("garbage", Some(400)),
+    ];
+    for (xff, want) in cases {
+        let (s, _) = call(
+            &mut p,
+            Call {
+                identity: staff(&["mfa"]),
+                source: "10.0.0.2:1",
+                headers: browser("/", &[("x-forwarded-for", xff)]),
+            },
+        );
+        assert_eq!(p.local_response(s).map(|r| r.status), *want, "{xff}");
+    }
+    let (s, _) = call(
+        &mut p,
+        Call {
+            identity: staff(&["mfa"]),
+            source: "10.0.0.2:1",
+            headers: browser("/", &[]),
+        },
+    );
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body_text().contains("client_address_invalid"));
+}
+
+#[test]
+fn every_decision_is_logged_as_one_json_line_with_report_only_results() {
+    let mut p = plugin(CONFIG);
+    call(
+        &mut p,
+        Call {
+            identity: staff(&["mfa"]),
+            source: "198.51.100.7:5000",
+            headers: vec![
+                (":method", "POST"),
+                (":path", "/form"),
+                (":authority", "hr.localhost"),
+                ("x-request-id", "rid-log"),
+            ],
+        },
+    );
+    let line = p
+        .log_messages()
+        .into_iter()
+        .find(|m| m.contains("rid-log"))
+        .expect("a decision line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["result"], "allow");
+    assert_eq!(v["app"], "hr");
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["client"], "198.51.100.7");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["report_only"][0]["name"], "audit-posts");
+    assert_eq!(v["report_only"][0]["result"], "block");
+    assert_eq!(v["time"], "2027-01-15T08:00:00Z");
+}
+
+#[test]
+fn a_malformed_handoff_is_an_error_not_anonymous() {
+    let mut p = plugin(CONFIG);
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: Some("{not json".into()),
+            source: "198.51.100.7:5000",
+            headers: browser("/", &[]),
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(p.local_response(s).unwrap().status, 500);
+    let (s, action) = call(
+        &mut p,
+        Call {
+            identity: staff(&["mfa"]),
+            source: "198.51.100.7:5000",
+            headers: browser("/a/%zz", &[]),
+        },
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(p.local_response(s).unwrap().status, 400);
+}
+
+/// Cost in the test host: wasm fuel per decision with 20 policies (printed; the
+/// bound only catches a pathological regression, it is not a timing).
+#[test]
+fn cost_of_a_decision_with_twenty_policies() {
+    let mut policies = Vec::new();
+    for i in 0..20 {
+        policies.push(format!(
+            r#"{{"name": "p{i}", "apps": ["hr"], "assignments": {{"include": {{"groups": ["staff", "g{i}"]}}, "exclude": {{"users": ["x{i}"]}}}},
+                "conditions": {{"paths": ["/app{i}", "/"], "methods": ["GET", "POST"], "locations": {{"include": ["all"], "exclude": ["office"]}}}},
+                "grant": {{"require": "one", "mfa": true, "claims": {{"device": "ok"}}}}, "session": {{"sign_in_frequency": 86400}}}}"#
+        ));
+    }
+    let config = format!(
+        r#"{{"named_locations": {{"office": {{"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}}}, "policies": [{}]}}"#,
+        policies.join(",")
+    );
+    let mut p = plugin(&config);
+    let runs = 50u64;
+    let before = p.fuel_consumed();
+    for _ in 0..runs {
+        let (s, action) = call(
+            &mut p,
+            Call {
+                identity: staff(&["pwd", "mfa"]),
+                source: "198.51.100.7:5000",
+                headers: browser("/app3/x", &[]),
+            },
+        );
+        assert_eq!(action, Action::Continue);
+        p.finish_stream(s).unwrap();
+    }
+    let per = (p.fuel_consumed() - before) / runs;
+    println!("conditional access, 20 policies: {per} wasm fuel units per request (filter callback incl. logging)");
+    assert!(per < 20_000_000, "{per}");
+}
