@@ -246,7 +246,11 @@ pub struct Evaluation<'c> {
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    let Some(&first) = n.first() else {
+        return true;
+    };
+    h.windows(n.len())
+        .any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(n))
 }
 
 /// The device platform named by a `User-Agent` (heuristic, order matters:
@@ -363,14 +367,29 @@ fn in_set(set: &LocationSet, locations: &[Location], req: &Request<'_>) -> bool 
 }
 
 /// Per-request values computed once.
-struct Facts {
-    platform: Platform,
+struct Facts<'a> {
+    user_agent: Option<&'a str>,
+    /// Computed on first use: most policies have no platform condition.
+    platform: std::cell::Cell<Option<Platform>>,
     client_type: ClientType,
     sign_in_risk: RiskLevel,
     user_risk: RiskLevel,
 }
 
-fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts) -> bool {
+impl Facts<'_> {
+    fn platform(&self) -> Platform {
+        match self.platform.get() {
+            Some(p) => p,
+            None => {
+                let p = platform(self.user_agent);
+                self.platform.set(Some(p));
+                p
+            }
+        }
+    }
+}
+
+fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts<'_>) -> bool {
     if !principal_matches(&p.include, req.identity)
         || (!p.exclude.is_empty() && principal_matches(&p.exclude, req.identity))
     {
@@ -392,7 +411,7 @@ fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts) -> 
     }
     if c.client_types
         .is_some_and(|m| !m.has(facts.client_type as u8))
-        || c.platforms.is_some_and(|m| !m.has(facts.platform as u8))
+        || c.platforms.is_some_and(|m| !m.has(facts.platform() as u8))
         || c.sign_in_risk
             .is_some_and(|m| !m.has(facts.sign_in_risk as u8))
         || c.user_risk.is_some_and(|m| !m.has(facts.user_risk as u8))
@@ -407,7 +426,58 @@ fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts) -> 
     true
 }
 
+fn has_mfa(cfg: &PolicyConfig, id: Option<&Identity>) -> bool {
+    id.is_some_and(|id| id.amr.iter().any(|a| cfg.mfa_amr.contains(a)))
+}
+
+fn has_acr(accepted: &[String], id: Option<&Identity>) -> bool {
+    id.and_then(|id| id.acr.as_deref())
+        .is_some_and(|a| accepted.iter().any(|x| x == a))
+}
+
+fn has_claim(id: Option<&Identity>, k: &str, v: &str) -> bool {
+    id.and_then(|id| id.claims.get(k)).is_some_and(|x| x == v)
+}
+
+fn fresh_enough(p: &Policy, req: &Request<'_>) -> bool {
+    p.sign_in_frequency.is_none_or(|freq| {
+        req.identity
+            .is_some_and(|id| req.now.saturating_sub(id.auth_time.unwrap_or(id.iat)) <= freq)
+    })
+}
+
+/// The common case without allocating: every control met.
+fn satisfied(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>) -> bool {
+    let id = req.identity;
+    let grant_ok = match &p.grant {
+        Grant::Block => false,
+        Grant::None => true,
+        Grant::Require {
+            operator,
+            mfa,
+            acr,
+            claims,
+        } => {
+            let mut results = [
+                (*mfa).then(|| has_mfa(cfg, id)),
+                (!acr.is_empty()).then(|| has_acr(acr, id)),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(claims.iter().map(|(k, v)| has_claim(id, k, v)));
+            match operator {
+                Operator::All => results.all(|ok| ok),
+                Operator::One => results.any(|ok| ok),
+            }
+        }
+    };
+    grant_ok && fresh_enough(p, req)
+}
+
 fn judge<'c>(cfg: &'c PolicyConfig, p: &'c Policy, req: &Request<'_>) -> Outcome<'c> {
+    if satisfied(cfg, p, req) {
+        return Outcome::Satisfied;
+    }
     let mut unmet = Vec::new();
     let anonymous = req.identity.is_none();
     let id = req.identity;
@@ -420,10 +490,8 @@ fn judge<'c>(cfg: &'c PolicyConfig, p: &'c Policy, req: &Request<'_>) -> Outcome
             acr,
             claims,
         } => {
-            let mfa_ok = id.is_some_and(|id| id.amr.iter().any(|a| cfg.mfa_amr.contains(a)));
-            let acr_ok = id
-                .and_then(|id| id.acr.as_deref())
-                .is_some_and(|a| acr.iter().any(|x| x == a));
+            let mfa_ok = has_mfa(cfg, id);
+            let acr_ok = has_acr(acr, id);
             let mut any_met = false;
             if *mfa {
                 if mfa_ok {
@@ -440,7 +508,7 @@ fn judge<'c>(cfg: &'c PolicyConfig, p: &'c Policy, req: &Request<'_>) -> Outcome
                 }
             }
             for (k, v) in claims {
-                if id.and_then(|id| id.claims.get(k)).is_some_and(|x| x == v) {
+                if has_claim(id, k, v) {
                     any_met = true;
                 } else {
                     unmet.push(Unmet::Claim(k));
@@ -460,12 +528,8 @@ fn judge<'c>(cfg: &'c PolicyConfig, p: &'c Policy, req: &Request<'_>) -> Outcome
             }
         }
     }
-    if let Some(freq) = p.sign_in_frequency {
-        let fresh =
-            id.is_some_and(|id| req.now.saturating_sub(id.auth_time.unwrap_or(id.iat)) <= freq);
-        if !fresh {
-            unmet.push(Unmet::SignInFrequency);
-        }
+    if !fresh_enough(p, req) {
+        unmet.push(Unmet::SignInFrequency);
     }
     if unmet.is_empty() {
         Outcome::Satisfied
@@ -509,7 +573,8 @@ pub fn evaluate<'c>(cfg: &'c PolicyConfig, req: &Request<'_>) -> Evaluation<'c> 
             .map(String::as_str)
     };
     let facts = Facts {
-        platform: platform(req.user_agent),
+        user_agent: req.user_agent,
+        platform: std::cell::Cell::new(None),
         client_type: if req.browser {
             ClientType::Browser
         } else {

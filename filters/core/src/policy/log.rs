@@ -8,8 +8,9 @@
 //! `report_only` (the same for report-only policies: what they would have done).
 
 use super::config::PolicyState;
-use super::eval::{Decision, Evaluation, PolicyResult, Request};
-use serde_json::{json, Value};
+use super::eval::{Decision, Evaluation, PolicyResult, Request, Unmet};
+use serde::Serialize;
+use std::net::IpAddr;
 
 /// `YYYY-MM-DDThh:mm:ssZ` for Unix seconds.
 pub fn rfc3339(secs: u64) -> String {
@@ -33,15 +34,63 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
-fn result_json(r: &PolicyResult<'_>) -> Value {
-    let unmet: Vec<String> = r.outcome.unmet().iter().map(|u| u.to_string()).collect();
-    json!({"name": r.policy.name, "result": r.outcome.label(), "unmet": unmet})
+/// An unmet condition, written as its display form.
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+#[derive(Serialize)]
+struct PolicyLine<'a> {
+    name: &'a str,
+    result: &'static str,
+    unmet: Vec<Text<Unmet<'a>>>,
+}
+
+#[derive(Serialize)]
+struct StepUpLine<'a> {
+    acr: Option<&'a str>,
+    max_age: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    app: &'a str,
+    user: Option<&'a str>,
+    client: Option<Text<IpAddr>>,
+    country: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    result: &'static str,
+    code: Option<String>,
+    policy: Option<&'a str>,
+    unmet: Vec<Text<Unmet<'a>>>,
+    step_up: Option<StepUpLine<'a>>,
+    policies: Vec<PolicyLine<'a>>,
+    report_only: Vec<PolicyLine<'a>>,
+}
+
+fn lines<'a>(results: &'a [PolicyResult<'a>], state: PolicyState) -> Vec<PolicyLine<'a>> {
+    results
+        .iter()
+        .filter(|r| r.policy.state == state)
+        .map(|r| PolicyLine {
+            name: &r.policy.name,
+            result: r.outcome.label(),
+            unmet: r.outcome.unmet().iter().copied().map(Text).collect(),
+        })
+        .collect()
 }
 
 /// Builds the log line for `eval` of `req`.
 pub fn decision_log(eval: &Evaluation<'_>, req: &Request<'_>, request_id: &str) -> String {
     let (code, policy, unmet, step_up) = match &eval.decision {
-        Decision::Allow => (None, None, Vec::new(), Value::Null),
+        Decision::Allow => (None, None, Vec::new(), None),
         Decision::Deny {
             code,
             policy,
@@ -49,44 +98,35 @@ pub fn decision_log(eval: &Evaluation<'_>, req: &Request<'_>, request_id: &str) 
         } => (
             Some(code.code()),
             policy.map(|p| p.name.as_str()),
-            unmet.iter().map(|u| u.to_string()).collect(),
-            Value::Null,
+            unmet.iter().copied().map(Text).collect(),
+            None,
         ),
         Decision::StepUp(s) => (
             None,
             s.policies.first().map(|p| p.name.as_str()),
-            s.unmet.iter().map(|u| u.to_string()).collect(),
-            json!({"acr": s.acr, "max_age": s.max_age}),
+            s.unmet.iter().copied().map(Text).collect(),
+            Some(StepUpLine {
+                acr: s.acr.as_deref(),
+                max_age: s.max_age,
+            }),
         ),
     };
-    let enforced: Vec<Value> = eval
-        .results
-        .iter()
-        .filter(|r| r.policy.state == PolicyState::Enabled)
-        .map(result_json)
-        .collect();
-    let report_only: Vec<Value> = eval
-        .results
-        .iter()
-        .filter(|r| r.policy.state == PolicyState::ReportOnly)
-        .map(result_json)
-        .collect();
-    json!({
-        "time": rfc3339(req.now),
-        "request_id": request_id,
-        "app": req.app,
-        "user": req.identity.map(|i| i.sub.as_str()),
-        "client": req.client.map(|c| c.to_string()),
-        "country": req.country,
-        "method": req.method,
-        "path": req.path,
-        "result": eval.decision.label(),
-        "code": code,
-        "policy": policy,
-        "unmet": unmet,
-        "step_up": step_up,
-        "policies": enforced,
-        "report_only": report_only,
-    })
-    .to_string()
+    let line = Line {
+        time: rfc3339(req.now),
+        request_id,
+        app: req.app,
+        user: req.identity.map(|i| i.sub.as_str()),
+        client: req.client.map(Text),
+        country: req.country,
+        method: req.method,
+        path: req.path,
+        result: eval.decision.label(),
+        code,
+        policy,
+        unmet,
+        step_up,
+        policies: lines(&eval.results, PolicyState::Enabled),
+        report_only: lines(&eval.results, PolicyState::ReportOnly),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
 }
