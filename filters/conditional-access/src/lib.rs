@@ -54,6 +54,11 @@ impl RootContext for Root {
                     config.policies.len(),
                     config.apps.len()
                 );
+                log::info!(
+                    "portcullis-conditional-access: the preauth filter must keep groups {:?} and claims {:?} in the session",
+                    config.groups_named(),
+                    config.claims_named()
+                );
                 self.vm = Some(Rc::new(Vm {
                     config,
                     metrics: RefCell::new(HashMap::new()),

@@ -455,6 +455,42 @@ impl PolicyConfig {
             .unwrap_or("")
     }
 
+    /// Every group some assignment or policy names, sorted: what the preauth
+    /// filter must keep in the session (its `policy_groups`).
+    pub fn groups_named(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .apps
+            .values()
+            .filter_map(|a| a.assignment.as_ref())
+            .chain(self.policies.iter().flat_map(|p| [&p.include, &p.exclude]))
+            .flat_map(|p| p.groups.iter().map(String::as_str))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every claim the policies read (risk claims when a risk condition is used,
+    /// claims required by grants), sorted: what the preauth filter must keep in
+    /// the identity's `claims`.
+    pub fn claims_named(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            if p.conditions.sign_in_risk.is_some() {
+                out.push(self.sign_in_risk_claim.as_str());
+            }
+            if p.conditions.user_risk.is_some() {
+                out.push(self.user_risk_claim.as_str());
+            }
+            if let Grant::Require { claims, .. } = &p.grant {
+                out.extend(claims.iter().map(|(k, _)| k.as_str()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The index for `app`.
     pub fn app(&self, app: &str) -> &AppIndex {
         self.apps.get(app).unwrap_or(&self.other_apps)

@@ -858,3 +858,17 @@ fn app_ids_come_from_the_handoff_then_the_host() {
     let e = PolicyConfig::from_json(br#"{"hosts": {"hr.localhost:80": "hr"}}"#).unwrap_err();
     assert_eq!(e.field, "hosts.hr.localhost:80");
 }
+
+#[test]
+fn groups_and_claims_the_preauth_filter_must_keep() {
+    let config = cfg(r#"{"apps": {"hr": {"groups": ["staff"]}}, "policies": [
+        {"name": "a", "apps": ["*"], "assignments": {"include": {"groups": ["eng", "staff"]}, "exclude": {"groups": ["bg"]}},
+         "conditions": {"user_risk": ["high"]}, "grant": {"claims": {"device_compliant": "true"}}},
+        {"name": "b", "apps": ["*"], "conditions": {"sign_in_risk": ["high"]}, "grant": {"block": true}}
+    ]}"#);
+    assert_eq!(config.groups_named(), ["bg", "eng", "staff"]);
+    assert_eq!(
+        config.claims_named(),
+        ["device_compliant", "sign_in_risk", "user_risk"]
+    );
+}
