@@ -115,11 +115,26 @@ impl Envoy {
     /// root (so relative `.wasm` paths resolve), with one worker; waits until
     /// the admin endpoint (on `admin_port`) reports ready.
     pub fn start(config: &EnvoyConfig, admin_port: u16) -> Result<Self> {
-        let bin = envoy_bin()?;
         let dir = TempDir::new("portcullis-envoy")?;
+        let log_path = dir.path().join("envoy.log");
+        Self::start_in(config, admin_port, dir, log_path)
+    }
+
+    /// Like [`Envoy::start`], logging to `log_path` (which outlives the process).
+    pub fn start_logged(config: &EnvoyConfig, admin_port: u16, log_path: &Path) -> Result<Self> {
+        let dir = TempDir::new("portcullis-envoy")?;
+        Self::start_in(config, admin_port, dir, log_path.to_path_buf())
+    }
+
+    fn start_in(
+        config: &EnvoyConfig,
+        admin_port: u16,
+        dir: TempDir,
+        log_path: PathBuf,
+    ) -> Result<Self> {
+        let bin = envoy_bin()?;
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config.text())?;
-        let log_path = dir.path().join("envoy.log");
         let log = std::fs::File::create(&log_path)?;
         let base_id = u32::from(admin_port) + 100_000;
         let child = Command::new(&bin)

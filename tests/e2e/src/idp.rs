@@ -18,16 +18,37 @@ pub struct Idp {
 impl Idp {
     /// Starts the provider on a free port with the clients file `clients` (JSON text).
     pub fn start(clients: &str, dir: &Path) -> Result<Self> {
+        Self::start_on(clients, dir, 0, None)
+    }
+
+    /// Starts the provider on `port` (0: a free one); with `keys_file`, its
+    /// signing keys persist across restarts.
+    pub fn start_on(
+        clients: &str,
+        dir: &Path,
+        port: u16,
+        keys_file: Option<&Path>,
+    ) -> Result<Self> {
         let root = crate::repo_root();
         if !root.join("tests/idp/node_modules").exists() {
             bail!("tests/idp/node_modules is missing: run `make test` or scripts/setup.sh");
         }
         let config = dir.join("clients.json");
         std::fs::write(&config, clients)?;
-        let mut child = Command::new("node")
-            .current_dir(&root)
-            .args(["tests/idp/server.mjs", "--port", "0", "--quiet", "--config"])
-            .arg(&config)
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&root)
+            .args([
+                "tests/idp/server.mjs",
+                "--quiet",
+                "--port",
+                &port.to_string(),
+                "--config",
+            ])
+            .arg(&config);
+        if let Some(keys) = keys_file {
+            cmd.arg("--keys-file").arg(keys);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

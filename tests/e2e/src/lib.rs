@@ -5,13 +5,15 @@
 pub mod envoy;
 pub mod idp;
 pub mod sample_app;
+pub mod stack;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests
