@@ -29,6 +29,7 @@ use crate::body::{boxed, empty, full, BoxBody, OnDrop, Tracked};
 use crate::config::{ConnectorConfigFile, ConnectorSettings};
 use crate::denial::Denial;
 use crate::edge::{ConnectorView, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
+use crate::liveness::{Liveness, Watched};
 use crate::metrics::Metrics;
 use crate::pki::{self, ConnectorIdentity, PkiError};
 use crate::shutdown::Shutdown;
@@ -190,14 +191,15 @@ async fn tls_request(
         None => req.body(empty()),
     }
     .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(15), sender.send_request(req))
         .await
-        .map_err(|_| unreachable("no answer within 30 s".into()))?
+        .map_err(|_| unreachable("no answer within 15 s".into()))?
         .map_err(|e| unreachable(format!("request failed: {}", crate::error_chain(&e))))?;
     let status = resp.status();
-    let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-        .collect()
+    let collect = http_body_util::Limited::new(resp.into_body(), 1 << 20).collect();
+    let bytes = tokio::time::timeout(Duration::from_secs(15), collect)
         .await
+        .map_err(|_| unreachable("answer body not received within 15 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     Ok((status, bytes))
@@ -721,14 +723,14 @@ impl hyper::service::Service<Request<Incoming>> for TunnelService {
 type TunnelConn = Pin<
     Box<
         hyper::server::conn::http2::Connection<
-            TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+            TokioIo<Watched<tokio_rustls::client::TlsStream<TcpStream>>>,
             TunnelService,
             TokioExecutor,
         >,
     >,
 >;
 
-async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<TunnelConn, String> {
+async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<(TunnelConn, Liveness), String> {
     let identity = state.identity();
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(edge))
         .await
@@ -743,6 +745,7 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<TunnelConn, String> 
     if tls.get_ref().1.alpn_protocol() != Some(TUNNEL_ALPN) {
         return Err("the edge did not agree to the tunnel protocol (ALPN)".into());
     }
+    let (watched, liveness) = Watched::new(tls);
     let handler = TunnelService {
         state: state.clone(),
         peer,
@@ -757,8 +760,8 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<TunnelConn, String> 
         .initial_connection_window_size(4 << 20)
         .max_send_buf_size(256 * 1024)
         .max_frame_size(64 * 1024)
-        .serve_connection(TokioIo::new(tls), handler);
-    Ok(Box::pin(conn))
+        .serve_connection(TokioIo::new(watched), handler);
+    Ok((Box::pin(conn), liveness))
 }
 
 fn retire(mut conn: TunnelConn, drain: Duration) {
@@ -777,7 +780,7 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
             return;
         }
         generation.borrow_and_update();
-        let mut conn = match dial(&state, &edge).await {
+        let (mut conn, liveness) = match dial(&state, &edge).await {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
@@ -808,8 +811,21 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
         });
         let retire_at = tokio::time::sleep(Duration::from_millis(500));
         tokio::pin!(retire_at);
+        // Our keepalive pings make a live edge answer at least every interval; silence for
+        // two intervals (plus a second) means the edge or the path is dead.
+        let silence_limit = crate::liveness::silence_limit(state.settings.keepalive);
+        let mut watchdog =
+            tokio::time::interval(state.settings.keepalive.max(Duration::from_millis(200)) / 2);
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    let silent = liveness.silent_for();
+                    if silent > silence_limit {
+                        warn!(%edge, slot, silent_ms = silent.as_millis() as u64, "no data from the edge; dropping the tunnel");
+                        state.metrics.error("tunnel_dead_peer");
+                        break;
+                    }
+                }
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         warn!(%edge, slot, "tunnel closed: {}", crate::error_chain(&e));

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::body::{boxed, empty, BoxBody, OnDrop, Tracked};
 use crate::config::{AppSettings, EdgeConfigFile, EdgeDynamic, EdgeSettings};
 use crate::denial::{api_error, json_response, Denial};
+use crate::liveness::Watched;
 use crate::metrics::Metrics;
 use crate::pki::{self, ConnectorIdentity, EdgeCa, PkiError};
 use crate::shutdown::Shutdown;
@@ -660,6 +661,7 @@ async fn tunnel_connection(
     };
     if alpn.as_deref() == Some(TUNNEL_ALPN) {
         let dynamic = state.dynamic();
+        let (watched, liveness) = Watched::new(stream);
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(dynamic.keepalive)
@@ -669,7 +671,7 @@ async fn tunnel_connection(
             .initial_connection_window_size(4 << 20)
             .max_send_buf_size(256 * 1024)
             .max_frame_size(64 * 1024)
-            .handshake::<_, BoxBody>(TokioIo::new(stream))
+            .handshake::<_, BoxBody>(TokioIo::new(watched))
             .await;
         let (sender, conn) = match handshake {
             Ok(x) => x,
@@ -697,8 +699,28 @@ async fn tunnel_connection(
             .metrics
             .tunnel_connects_total
             .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = conn.await {
-            debug!(tunnel = id, "tunnel ended: {e}");
+        // Keepalive pings make a live connector answer every interval; a silent one is dead.
+        let silence_limit = crate::liveness::silence_limit(dynamic.keepalive);
+        let mut watchdog =
+            tokio::time::interval((dynamic.keepalive / 2).max(Duration::from_millis(100)));
+        tokio::pin!(conn);
+        loop {
+            tokio::select! {
+                res = &mut conn => {
+                    if let Err(e) = res {
+                        debug!(tunnel = id, "tunnel ended: {}", crate::error_chain(&e));
+                    }
+                    break;
+                }
+                _ = watchdog.tick() => {
+                    let silent = liveness.silent_for();
+                    if silent > silence_limit {
+                        warn!(tunnel = id, silent_ms = silent.as_millis() as u64, "no data from the connector; dropping the tunnel");
+                        state.metrics.error("tunnel_dead_peer");
+                        break;
+                    }
+                }
+            }
         }
         if let Ok(mut t) = state.tunnels.lock() {
             t.remove(&id);

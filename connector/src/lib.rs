@@ -17,6 +17,7 @@ pub mod config;
 pub mod connector;
 pub mod denial;
 pub mod edge;
+mod liveness;
 pub mod metrics;
 pub mod pki;
 pub mod shutdown;

@@ -870,6 +870,10 @@ async fn freezable_relay(
 #[tokio::test]
 async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     use std::sync::atomic::Ordering;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let idp = Idp::new(dir.path());
     let backend = start_backend("hello").await;
@@ -886,6 +890,7 @@ async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     cfg.keepalive_seconds = 1;
     let c = start_connector(&cfg).await;
     wait_tunnels(&edge, 2).await;
+    eventually(10, "config pulled", || c.handle.config().is_some()).await;
     let before: Vec<u64> = edge.handle.tunnels().iter().map(|t| t.id).collect();
     // The path goes silent: no FIN, no RST. Only keepalive pings can notice.
     epoch.fetch_add(1, Ordering::SeqCst);
@@ -895,8 +900,8 @@ async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     })
     .await;
     let client = client();
-    let (status, _, _) = get(&client, &edge, "hello", "/echo").await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = get(&client, &edge, "hello", "/echo").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
     assert!(
         c.handle
             .metrics()

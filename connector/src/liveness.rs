@@ -1,0 +1,107 @@
+//! Tunnel liveness: a stream wrapper that records when bytes were last read, so a tunnel
+//! whose peer went silent (no data, no keepalive answers) is dropped even if the HTTP/2
+//! library's own keepalive misses it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An I/O stream that records when it last read bytes (a liveness watchdog that does
+/// not depend on the HTTP/2 library's keepalive bookkeeping).
+pub(crate) struct Watched<T> {
+    inner: T,
+    last_read: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<T> Watched<T> {
+    /// Wraps `inner`; the [`Liveness`] reads its last-read time.
+    pub(crate) fn new(inner: T) -> (Self, Liveness) {
+        let epoch = Instant::now();
+        let last_read = Arc::new(AtomicU64::new(0));
+        (
+            Self {
+                inner,
+                last_read: last_read.clone(),
+                epoch,
+            },
+            Liveness { last_read, epoch },
+        )
+    }
+
+    fn touch(&self) {
+        self.last_read
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Liveness of one tunnel: milliseconds since `epoch` of the last bytes read.
+pub(crate) struct Liveness {
+    last_read: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Liveness {
+    pub(crate) fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_read.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// How long a tunnel may stay silent: two keepalive intervals and a second. Keepalive
+/// pings make a live peer answer at least once per interval.
+pub(crate) fn silence_limit(keepalive: Duration) -> Duration {
+    keepalive * 2 + Duration::from_secs(1)
+}
