@@ -14,6 +14,7 @@ baseline (bare Envoy: router only). Results go to bench-results/ as JSON and SVG
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -53,11 +54,131 @@ def without_filter(text, name):
     return text[:start] + text[end:]
 
 
-# name -> (config file under envoy-configs/, transform, extra request headers)
-SCENARIOS = {
-    "bare envoy": ("robots.yaml", lambda t: without_filter(t, "portcullis.robots"), []),
-    "robots": ("robots.yaml", lambda t: t, []),
-}
+def filter_block(text, name):
+    """The http filter entry `name` of a config (up to the next filter entry)."""
+    start = text.index(f"          - name: {name}")
+    end = text.index("          - name: ", start + 1)
+    return text[start:end]
+
+
+def with_filters_before_router(text, blocks):
+    at = text.index("          - name: envoy.filters.http.router")
+    return text[:at] + "".join(blocks) + text[at:]
+
+
+def twenty_policies():
+    """20 enabled policies for app `sample`, each evaluated on every request."""
+    policies = []
+    for i in range(20):
+        kind = i % 4
+        p = {"name": f"p{i:02}", "apps": ["sample"]}
+        if kind == 0:
+            p["conditions"] = {"paths": [f"/section-{i}"]}
+            p["grant"] = {"mfa": True}
+        elif kind == 1:
+            p["conditions"] = {"locations": {"include": ["all"], "exclude": ["trusted"]}}
+            p["grant"] = {"block": True}
+        elif kind == 2:
+            p["assignments"] = {"include": {"groups": [f"g{i}", "staff"]}}
+            p["conditions"] = {"methods": ["GET", "POST"]}
+            p["grant"] = {"mfa": True}
+        else:
+            p["conditions"] = {"client_types": ["api"], "platforms": ["windows", "linux", "macos", "other"]}
+            p["session"] = {"sign_in_frequency": 86400}
+        policies.append(p)
+    return {
+        "named_locations": {"loopback": {"cidrs": ["127.0.0.0/8", "::1/128"], "trusted": True}},
+        "apps": {"sample": {"groups": ["staff"]}},
+        "policies": policies,
+    }
+
+
+def ca_with(config):
+    block = filter_block((ROOT / "envoy-configs/conditional-access.yaml").read_text(), "portcullis.conditional_access")
+    start = block.index("value: |") + len("value: |\n")
+    end = block.index("                vm_config:")
+    body = "\n".join(" " * 20 + line for line in json.dumps(config, indent=2).split("\n"))
+    return block[:start] + body + "\n" + block[end:]
+
+
+def read_cfg(name):
+    return (ROOT / "envoy-configs" / name).read_text()
+
+
+def native_peer(tmp):
+    """Envoy's own filters doing comparable work: jwt_authn (RS256 ID token in a header,
+    verified on every request against a local JWKS) + rbac (20 policies)."""
+    key = Path(tmp) / "jwt.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    modulus = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-modulus"], check=True,
+                             capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    jwks = {"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig",
+                      "n": b64(bytes.fromhex(modulus)), "e": "AQAB"}]}
+    now = int(time.time())
+    header = b64(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"iss": "http://127.0.0.1:9000", "aud": "portcullis-demo", "sub": "u-bench",
+                             "groups": ["staff"], "amr": ["pwd", "otp", "mfa"], "iat": now,
+                             "exp": now + 7200}).encode())
+    signing_input = f"{header}.{claims}".encode()
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signing_input,
+                         check=True, capture_output=True).stdout
+    token = f"{header}.{claims}.{b64(sig)}"
+    rbac_policies = {}
+    for i in range(20):
+        rbac_policies[f"p{i:02}"] = {
+            "permissions": [{"and_rules": {"rules": [
+                {"url_path": {"path": {"prefix": "/"}}},
+                {"not_rule": {"url_path": {"path": {"prefix": f"/section-{i}"}}}}]}}],
+            "principals": [{"and_ids": {"ids": [
+                {"metadata": {"filter": "envoy.filters.http.jwt_authn",
+                              "path": [{"key": "jwt"}, {"key": "sub"}],
+                              "value": {"string_match": {"exact": "u-bench"}}}},
+                {"not_id": {"header": {"name": "x-blocked", "present_match": True}}}]}}],
+        }
+    jwt_block = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": {"issuer": "http://127.0.0.1:9000", "audiences": ["portcullis-demo"],
+                                  "local_jwks": {"inline_string": json.dumps(jwks)},
+                                  "from_headers": [{"name": "x-id-token"}],
+                                  "payload_in_metadata": "jwt", "forward": False}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+        },
+    }
+    rbac_block = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                         "rules": {"action": "ALLOW", "policies": rbac_policies}},
+    }
+    blocks = "".join("          - " + json.dumps(b) + "\n" for b in (jwt_block, rbac_block))
+    text = without_filter(read_cfg("robots.yaml"), "portcullis.robots")
+    return with_filters_before_router(text, [blocks]), [f"x-id-token: {token}"]
+
+
+def scenarios(tmp, idp_port, issuer, cookie):
+    preauth = read_cfg("preauth.yaml").replace("http://127.0.0.1:9000", issuer)
+    preauth = replace_port(preauth, 9000, idp_port)
+    chain = with_filters_before_router(
+        without_filter(preauth, "portcullis.preauth"),
+        [filter_block(read_cfg("robots.yaml"), "portcullis.robots"),
+         filter_block(preauth, "portcullis.preauth"),
+         ca_with(twenty_policies()),
+         filter_block(read_cfg("cookie.yaml"), "portcullis.cookie")])
+    native_text, native_headers = native_peer(tmp)
+    cookie_header = [f"Cookie: {cookie}; app_pref=dark", "Accept: text/html"]
+    return {
+        "bare envoy": (without_filter(read_cfg("robots.yaml"), "portcullis.robots"), []),
+        "robots": (read_cfg("robots.yaml"), []),
+        "preauth (valid cookie)": (preauth, cookie_header),
+        "conditional-access": (read_cfg("conditional-access.yaml"), []),
+        "cookie": (read_cfg("cookie.yaml"), cookie_header),
+        "chain (20 policies)": (chain, cookie_header),
+        "native jwt_authn+rbac(20)": (native_text, native_headers),
+    }
+
+
 BASELINE = "bare envoy"
 
 
@@ -118,6 +239,8 @@ def run_wrk(port, headers, duration, connections):
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = parse_duration_us(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = parse_duration_us(re.search(r"99%\s+(\S+)", out).group(1))
+    if p50 is None or p99 is None:
+        raise SystemExit(f"cannot read wrk's latency:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
     return {"rps": rps, "requests": total, "p50_us": p50, "p99_us": p99, "non2xx": errors}
@@ -154,17 +277,39 @@ def main():
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: run `make bench` (it installs it)")
 
-    sys.path.insert(0, str(ROOT))
     tmp = tempfile.mkdtemp(prefix="portcullis-bench-")
     upstream_port = free_port()
     app = subprocess.Popen([str(ROOT / "target/release/sample-app"), f"127.0.0.1:{upstream_port}", "bench"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clients = Path(tmp) / "clients.json"
+    clients.write_text(json.dumps({"clients": [{"client_id": "portcullis-demo", "client_secret": "portcullis-demo-secret",
+                                                "redirect_uris": ["http://127.0.0.1:10000/.auth/callback"]}]}))
+    idp = subprocess.Popen(["node", str(ROOT / "tests/idp/server.mjs"), "--port", "0", "--quiet", "--config", str(clients)],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     envoys = {}
     try:
+        issuer = idp.stdout.readline().strip().removeprefix("READY ")
+        idp_port = int(issuer.rsplit(":", 1)[1])
+        key = re.search(r'"sealing_keys": \["([^"]+)"', read_cfg("preauth.yaml")).group(1)
+        cookie = subprocess.run([str(ROOT / "target/release/mint-session"), key, "sample", "__Host-portcullis", "staff"],
+                                check=True, capture_output=True, text=True).stdout.strip()
         time.sleep(0.3)
-        for name, (cfg, transform, headers) in SCENARIOS.items():
-            text = transform((ROOT / "envoy-configs" / cfg).read_text())
+        for name, (text, headers) in scenarios(tmp, idp_port, issuer, cookie).items():
             envoys[name] = (Envoy(name, text, upstream_port, tmp), headers)
+        # Every scenario must answer 200 from the app before it is measured.
+        for name, (envoy, headers) in envoys.items():
+            req = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/1k",
+                                         headers=dict(h.split(": ", 1) for h in headers))
+            deadline = time.time() + 15
+            while True:
+                try:
+                    with urllib.request.urlopen(req, timeout=2) as r:
+                        if r.status == 200 and len(r.read()) == 1024:
+                            break
+                except OSError as e:
+                    if time.time() > deadline:
+                        raise SystemExit(f"scenario {name!r} does not answer 200: {e}")
+                time.sleep(0.2)
         print(f"warm-up ({len(envoys)} scenarios)…", flush=True)
         for name, (envoy, headers) in envoys.items():
             run_wrk(envoy.port, headers, 1, args.connections)
@@ -182,6 +327,7 @@ def main():
         for envoy, _ in envoys.values():
             envoy.stop()
         app.terminate()
+        idp.terminate()
 
     med = lambda rs, k: statistics.median(x[k] for x in rs)
     results = {n: {k: med(rs, k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")} | {"non2xx": sum(x["non2xx"] for x in rs), "runs": rs}
