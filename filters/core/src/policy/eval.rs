@@ -12,10 +12,11 @@
 //!
 //! Step-up loop guard: when the filter answers with a step-up it also sets a
 //! short-lived marker cookie holding `<now>.<fingerprint>`, where the
-//! fingerprint names the policies that asked. If a later request carries a
-//! marker with the same fingerprint, and its session was issued at or after
+//! fingerprint is a 32-bit set of the policies that asked (one bit per policy
+//! name, by hash). If a later request carries a marker whose set covers every
+//! policy that now asks for a step-up, and its session was issued at or after
 //! the marker's time (`Identity::iat ≥ started`: the user did sign in again),
-//! yet the same policies are still unmet, the provider could not satisfy them:
+//! those policies are still unmet although they were asked for, so the provider could not satisfy them:
 //! the request is denied (`mfa_required`, or `policy_blocked:<name>`) instead of
 //! being redirected again. An old session (the user came back without
 //! finishing) is simply stepped up again. The marker is not secret: forging it
@@ -211,7 +212,7 @@ pub struct StepUp<'c> {
     pub policies: Vec<&'c Policy>,
     /// What they found missing.
     pub unmet: Vec<Unmet<'c>>,
-    /// FNV-1a of the policy names, for the loop guard.
+    /// The set of policies that asked (bit `fnv1a(name) % 32` each), for the loop guard.
     pub fingerprint: u32,
 }
 
@@ -313,16 +314,14 @@ pub fn cookie_value<'h>(cookie_header: &'h str, name: &str) -> Option<&'h str> {
     })
 }
 
-/// 32-bit FNV-1a over the names, each followed by a 0 byte.
+/// A 32-bit set of names: bit `fnv1a(name) % 32` for each.
 fn fingerprint<'c>(names: impl Iterator<Item = &'c str>) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for n in names {
-        for b in n.bytes().chain(std::iter::once(0)) {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
+    names.fold(0, |set, n| {
+        let h = n.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        set | (1 << (h % 32))
+    })
 }
 
 // ---------------------------------------------------------------- evaluation
@@ -684,7 +683,8 @@ fn decide<'c>(
     step.fingerprint = fingerprint(step.policies.iter().map(|p| p.name.as_str()));
     // Loop guard: a new session since this very step-up was asked, still unmet → deny.
     if let (Some(id), Some(m)) = (req.identity, req.marker) {
-        if m.fingerprint == step.fingerprint && id.iat >= m.started {
+        // Every policy asking now was asked last time (subset of the marker's set).
+        if step.fingerprint & !m.fingerprint == 0 && id.iat >= m.started {
             let code = if step.unmet.contains(&Unmet::Mfa) {
                 DenyCode::MfaRequired
             } else {

@@ -554,7 +554,7 @@ fn a_step_up_that_comes_back_unsatisfied_is_denied_not_looped() {
     // A marker for other policies does not count.
     r.marker = Some(StepUpMarker {
         started: NOW - 120,
-        fingerprint: s.fingerprint ^ 1,
+        fingerprint: !s.fingerprint,
     });
     assert!(matches!(
         evaluate(&config, &r).decision,
@@ -871,4 +871,33 @@ fn groups_and_claims_the_preauth_filter_must_keep() {
         config.claims_named(),
         ["device_compliant", "sign_in_risk", "user_risk"]
     );
+}
+
+#[test]
+fn a_partial_step_up_is_denied_after_one_round_trip() {
+    // Two policies ask at once; the provider delivers MFA but not `gold`:
+    // the remaining one was already asked for, so deny rather than redirect again.
+    let config = cfg(r#"{"policies": [
+        {"name": "needs-mfa", "apps": ["*"], "grant": {"mfa": true}},
+        {"name": "needs-gold", "apps": ["*"], "grant": {"acr": ["gold"]}}
+    ]}"#);
+    let id = user("alice");
+    let Decision::StepUp(both) = evaluate(&config, &req(Some(&id))).decision else {
+        panic!()
+    };
+    assert_eq!(both.policies.len(), 2);
+    assert_eq!(
+        both.fingerprint.count_ones(),
+        2,
+        "distinct bits for these names"
+    );
+    let mut back = user("alice");
+    back.amr.push("mfa".into());
+    back.iat = NOW;
+    let mut r = req(Some(&back));
+    r.marker = Some(both.marker(NOW - 30));
+    assert_eq!(code(&evaluate(&config, &r)), "policy_blocked:needs-gold");
+    // Without the marker the same request is stepped up (no memory of the attempt).
+    r.marker = None;
+    assert_eq!(code(&evaluate(&config, &r)), "step_up acr=gold max_age=-");
 }
