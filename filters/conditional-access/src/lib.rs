@@ -269,9 +269,11 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Decision::Deny { .. } => {
-                if let Some(d) = eval.decision.denial() {
-                    send_denial(&d, &request_id, accept);
-                }
+                let d = eval
+                    .decision
+                    .denial()
+                    .unwrap_or_else(|| Denial::PolicyBlocked(String::new()));
+                send_denial(&d, &request_id, accept);
                 Action::Pause
             }
             Decision::StepUp(step) => {
