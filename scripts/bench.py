@@ -237,8 +237,8 @@ def run_wrk(port, headers, duration, connections):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = parse_duration_us(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_duration_us(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = parse_duration_us(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_duration_us(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     if p50 is None or p99 is None:
         raise SystemExit(f"cannot read wrk's latency:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
