@@ -429,3 +429,34 @@ fn bearer_tokens_for_api_clients() {
     assert_eq!(r.status, 401);
     assert!(r.body_text().contains("audience_mismatch"));
 }
+
+/// Per-request cost in the test host: a request with a session cookie
+/// against one without (unauthenticated path). Run with
+/// `cargo test --release -p portcullis-preauth --test host request_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check"]
+fn request_cost() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    let n = 500u32;
+    let mut measure = |p: &mut Plugin, path: &str, headers: &[(&str, &str)]| {
+        let fuel = p.fuel_consumed();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let (s, a) = request(p, "hr.localhost", path, headers);
+            assert_eq!(a, Action::Continue);
+            p.finish_stream(s).unwrap();
+        }
+        (
+            start.elapsed() / n,
+            (p.fuel_consumed() - fuel) / u64::from(n),
+        )
+    };
+    let (t0, f0) = measure(&mut p, "/public/x", &[BROWSER]);
+    let (t1, f1) = measure(&mut p, "/app", &[BROWSER, ("cookie", &session)]);
+    println!(
+        "test host, per request: without session {t0:?} / {f0} fuel; \
+         with session cookie {t1:?} / {f1} fuel (cookie {} bytes)",
+        session.len()
+    );
+}
