@@ -183,6 +183,8 @@ struct RawApp {
     #[serde(default)]
     policy_groups: Option<Vec<String>>,
     #[serde(default)]
+    policy_claims: Vec<String>,
+    #[serde(default)]
     unauthenticated_paths: Vec<String>,
     #[serde(default)]
     bearer: Option<RawBearer>,
@@ -264,6 +266,9 @@ pub struct OidcSettings {
     pub groups_claim: String,
     /// Groups kept in the session (`None`: all groups, subject to the size limit).
     pub policy_groups: Option<Vec<String>>,
+    /// Further claims kept in the session for later filters (risk levels, device
+    /// compliance), without sending them to the app as headers.
+    pub policy_claims: Vec<String>,
     /// Normalised path prefixes that need no session.
     pub unauthenticated_paths: Vec<String>,
     /// Audience for `Authorization: Bearer` access tokens; `None` disables bearer tokens.
@@ -673,6 +678,18 @@ impl RawApp {
                 claim_headers,
                 groups_claim,
                 policy_groups: self.policy_groups,
+                policy_claims: {
+                    for (i, c) in self.policy_claims.iter().enumerate() {
+                        if c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_graphic())
+                        {
+                            return Err(ConfigError::new(
+                                format!("policy_claims[{i}]"),
+                                "must be a claim name of 1 to 64 visible ASCII characters",
+                            ));
+                        }
+                    }
+                    self.policy_claims
+                },
                 unauthenticated_paths,
                 bearer_audience,
                 post_logout_redirect_uri,

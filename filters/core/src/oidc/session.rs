@@ -171,7 +171,12 @@ pub fn identity_from_token(settings: &OidcSettings, token: &ValidatedToken, now:
         groups.retain(|g| keep.contains(g));
     }
     let mut claims = BTreeMap::new();
-    for (_, claim) in &settings.claim_headers {
+    let wanted = settings
+        .claim_headers
+        .iter()
+        .map(|(_, claim)| claim)
+        .chain(settings.policy_claims.iter());
+    for claim in wanted {
         if STANDARD_CLAIMS.contains(&claim.as_str()) || *claim == settings.groups_claim {
             continue;
         }
@@ -472,5 +477,37 @@ mod tests {
         assert_eq!(id.auth_time, Some(5));
         assert_eq!(id.claims.get("department").map(String::as_str), Some("R&D"));
         assert!(!id.claims.contains_key("huge"));
+    }
+
+    #[test]
+    fn policy_claims_are_kept_for_later_filters_but_not_sent_as_headers() {
+        let mut app = app();
+        let s = app.oidc.as_mut().unwrap();
+        s.policy_claims = vec!["user_risk".into(), "device_compliant".into()];
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"user_risk":"high","device_compliant":true,"other":"x"}"#)
+                .unwrap();
+        let t = ValidatedToken {
+            subject: "a".into(),
+            issued_at: 100,
+            expires_at: 10_000,
+            extra,
+        };
+        let id = identity_from_token(s, &t, 100);
+        assert_eq!(id.claims.get("user_risk").map(String::as_str), Some("high"));
+        assert_eq!(
+            id.claims.get("device_compliant").map(String::as_str),
+            Some("true")
+        );
+        assert!(!id.claims.contains_key("other"));
+        let headers = identity_headers(s, &id);
+        assert!(headers.iter().all(|(_, v)| v != "high"), "{headers:?}");
+    }
+
+    #[test]
+    fn policy_claims_are_validated() {
+        let bad = minimal().replacen("\"id\"", "\"policy_claims\": [\"\"], \"id\"", 1);
+        let e = PreauthConfig::from_json(bad.as_bytes()).unwrap_err();
+        assert!(e.field.ends_with("policy_claims[0]"), "{e}");
     }
 }
