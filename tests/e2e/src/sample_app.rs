@@ -36,7 +36,8 @@ impl SampleApp {
         let addr = listener.local_addr()?;
         let hits: Hits = Arc::default();
         let name: Arc<str> = Arc::from(name);
-        runtime.spawn(serve(listener, Arc::clone(&hits), name));
+        let internal: Arc<str> = Arc::from(format!("http://{addr}"));
+        runtime.spawn(serve(listener, Arc::clone(&hits), name, internal));
         Ok(Self {
             addr,
             hits,
@@ -71,17 +72,18 @@ impl Drop for SampleApp {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, hits: Hits, name: Arc<str>) {
+async fn serve(listener: tokio::net::TcpListener, hits: Hits, name: Arc<str>, internal: Arc<str>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (hits, name) = (Arc::clone(&hits), Arc::clone(&name));
+        let (hits, name, internal) = (Arc::clone(&hits), Arc::clone(&name), Arc::clone(&internal));
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (hits, name) = (Arc::clone(&hits), Arc::clone(&name));
-                async move { Ok::<_, Infallible>(handle(req, &hits, &name).await) }
+                let (hits, name, internal) =
+                    (Arc::clone(&hits), Arc::clone(&name), Arc::clone(&internal));
+                async move { Ok::<_, Infallible>(handle(req, &hits, &name, &internal).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -102,6 +104,7 @@ async fn handle(
     req: Request<Incoming>,
     hits: &Mutex<BTreeMap<String, u64>>,
     name: &str,
+    internal: &str,
 ) -> Response<Full<Bytes>> {
     let url = req.uri().to_string();
     let path = req.uri().path().to_string();
@@ -112,6 +115,34 @@ async fn handle(
     let _ = body.collect().await;
     let mut response = match path.as_str() {
         "/1k" => respond("text/plain", "x".repeat(1023) + "\n"),
+        // What an app behind a proxy typically does wrong: redirects to its internal
+        // URL and sets cookies for its internal host, without protections.
+        "/redirect" => {
+            let mut r = respond("text/plain", "moved\n");
+            *r.status_mut() = hyper::StatusCode::FOUND;
+            if let Ok(v) = format!("{internal}/landing?from=redirect").parse() {
+                r.headers_mut().insert("location", v);
+            }
+            r
+        }
+        "/set-cookies" => {
+            let host = internal.trim_start_matches("http://").split(':').next().unwrap_or("");
+            let mut r = respond("text/plain", "cookies set\n");
+            for c in [
+                format!("app_session=s1; Path=/; Domain={host}"),
+                "app_pref=dark; Path=/".to_string(),
+                "__Host-portcullis=forged; Path=/; Secure".to_string(),
+            ] {
+                if let Ok(v) = c.parse() {
+                    r.headers_mut().append("set-cookie", v);
+                }
+            }
+            r
+        }
+        "/links" => respond(
+            "text/html; charset=utf-8",
+            format!("<!doctype html><a href=\"{internal}/a\">a</a> <img src=\"{internal}/b.png\"> <a href=\"https://example.org/\">x</a>\n"),
+        ),
         "/headers" => {
             let mut headers = serde_json::Map::new();
             let mut cookies = serde_json::Map::new();
