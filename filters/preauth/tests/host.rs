@@ -439,7 +439,7 @@ fn request_cost() {
     let mut p = ready();
     let session = sign_in(&mut p, "/");
     let n = 500u32;
-    let mut measure = |p: &mut Plugin, path: &str, headers: &[(&str, &str)]| {
+    let measure = |p: &mut Plugin, path: &str, headers: &[(&str, &str)]| {
         let fuel = p.fuel_consumed();
         let start = std::time::Instant::now();
         for _ in 0..n {
