@@ -526,20 +526,7 @@ impl Plugin {
     /// Delivers a request body chunk. On `Continue` the buffered bytes move on
     /// to the upstream ([`StreamState::request_body_out`]); on `Pause` they stay buffered.
     pub fn request_body(&mut self, id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
-        let s = self.stream_mut(id)?;
-        s.request_body.extend_from_slice(chunk);
-        let n = s.request_body.len() as i32;
-        let r = to_action(self.call::<(i32, i32, i32), i32>(
-            "proxy_on_request_body",
-            id,
-            (id as i32, n, i32::from(end_of_stream)),
-        )?);
-        if r == Action::Continue {
-            let s = self.stream_mut(id)?;
-            let body = std::mem::take(&mut s.request_body);
-            s.request_body_out.extend(body);
-        }
-        Ok(r)
+        self.body(id, chunk, end_of_stream, false)
     }
 
     /// Delivers response headers.
@@ -563,18 +550,42 @@ impl Plugin {
 
     /// Delivers a response body chunk (see [`Plugin::request_body`]).
     pub fn response_body(&mut self, id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+        self.body(id, chunk, end_of_stream, true)
+    }
+
+    fn body(
+        &mut self,
+        id: u32,
+        chunk: &[u8],
+        end_of_stream: bool,
+        response: bool,
+    ) -> Result<Action> {
         let s = self.stream_mut(id)?;
-        s.response_body.extend_from_slice(chunk);
-        let n = s.response_body.len() as i32;
+        let buffer = if response {
+            &mut s.response_body
+        } else {
+            &mut s.request_body
+        };
+        buffer.extend_from_slice(chunk);
+        let n = buffer.len() as i32;
+        let callback = if response {
+            "proxy_on_response_body"
+        } else {
+            "proxy_on_request_body"
+        };
         let r = to_action(self.call::<(i32, i32, i32), i32>(
-            "proxy_on_response_body",
+            callback,
             id,
             (id as i32, n, i32::from(end_of_stream)),
         )?);
         if r == Action::Continue {
             let s = self.stream_mut(id)?;
-            let body = std::mem::take(&mut s.response_body);
-            s.response_body_out.extend(body);
+            let (buffer, out) = if response {
+                (&mut s.response_body, &mut s.response_body_out)
+            } else {
+                (&mut s.request_body, &mut s.request_body_out)
+            };
+            out.append(buffer);
         }
         Ok(r)
     }
