@@ -511,8 +511,18 @@ impl Plugin {
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Action> {
+        self.request_headers_raw(id, to_headers(headers), end_of_stream)
+    }
+
+    /// Delivers request headers with raw byte values (e.g. not UTF-8).
+    pub fn request_headers_raw(
+        &mut self,
+        id: u32,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let s = self.stream_mut(id)?;
-        s.request_headers = to_headers(headers);
+        s.request_headers = headers;
         s.in_response = false;
         let n = s.request_headers.len() as i32;
         let r = self.call::<(i32, i32, i32), i32>(

@@ -194,6 +194,21 @@ fn garbage_requests_never_trap() {
 }
 
 #[test]
+fn non_utf8_header_values_never_trap() {
+    let mut p = Plugin::load(Filter::Robots, "{}").unwrap();
+    let s = p.new_stream().unwrap();
+    let headers = vec![
+        (":method".to_string(), b"GET".to_vec()),
+        (":path".to_string(), b"/robots.txt\xff".to_vec()),
+    ];
+    assert_eq!(
+        p.request_headers_raw(s, headers, true).unwrap(),
+        Action::Continue
+    );
+    assert!(p.local_response(s).is_none());
+}
+
+#[test]
 fn missing_module_names_the_build_command() {
     let err = Plugin::builder_from_path("/nonexistent/portcullis_robots.wasm")
         .start()

@@ -57,8 +57,14 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        // Bytes, not `get_http_request_header`: the SDK panics on a value that
+        // is not UTF-8, and such a path is never /robots.txt anyway.
+        let header = |name: &str| {
+            self.get_http_request_header_bytes(name)
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default()
+        };
+        let (method, path) = (header(":method"), header(":path"));
         match robots::decide(&method, &path) {
             RobotsDecision::PassThrough => Action::Continue,
             RobotsDecision::Serve { with_body } => {
