@@ -18,7 +18,7 @@ http_check() {
 }
 
 tunnel_check() {
-  local port hex line
+  local port hex table
   port=$1
   printf -v hex '%04X' "$port"
   # /proc/net/tcp{,6}: "sl local_address rem_address st ..."; st 01 = ESTABLISHED.

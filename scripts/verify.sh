@@ -187,9 +187,9 @@ signin() {
   fetch "signin-$user" -L -c "$jar" -b "$jar" -H 'Accept: text/html' "${extra[@]}" "$start"
   for _ in 1 2 3 4; do
     if grep -q 'id="login-form"' "$body_file"; then
-      form=login-form
+      form="login-form"
     elif grep -q 'id="otp-form"' "$body_file"; then
-      form=otp-form
+      form="otp-form"
     else
       return 0
     fi
