@@ -7,11 +7,12 @@
 #   PORTCULLIS_ADMIN_USER  default carol (holds the connector-admin role)
 #   PORTCULLIS_ADMIN_PASSWORD default carol-password (the demo's published password)
 #   PORTCULLIS_TOKEN_FILE  default /var/lib/portcullis/token/admin-token
+#   PORTCULLIS_IDP_DIR     default /opt/portcullis-idp (where the image has tests/idp)
 set -eu
 issuer=${PORTCULLIS_ISSUER:-http://127.0.0.1:9000}
 user=${PORTCULLIS_ADMIN_USER:-carol}
 password=${PORTCULLIS_ADMIN_PASSWORD:-carol-password}
 out=${PORTCULLIS_TOKEN_FILE:-/var/lib/portcullis/token/admin-token}
-node /opt/portcullis-idp/admin-token.mjs --issuer "$issuer" --user "$user" --password "$password" > "$out.tmp"
+node "${PORTCULLIS_IDP_DIR:-/opt/portcullis-idp}/admin-token.mjs" --issuer "$issuer" --user "$user" --password "$password" > "$out.tmp"
 mv "$out.tmp" "$out"
 echo "admin token for $user written to $out"

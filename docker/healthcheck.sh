@@ -1,6 +1,6 @@
 #!/bin/bash
 # Container health checks without curl (the runtime images stay slim):
-#   healthcheck.sh http PORT [PATH] [TEXT]  exit 0 when GET http://127.0.0.1:PORT/PATH answers 200
+#   healthcheck.sh http PORT [PATH] [TEXT]  exit 0 when an HTTP/1.1 GET http://127.0.0.1:PORT/PATH answers 200
 #                                           (and, with TEXT, the answer contains TEXT)
 #   healthcheck.sh tunnel PORT              exit 0 when this container has an ESTABLISHED TCP
 #                                           connection to a remote port PORT (the connector's
@@ -10,7 +10,7 @@ set -euo pipefail
 http_check() {
   local port=$1 path=${2:-/} text=${3:-} reply
   exec 3<>"/dev/tcp/127.0.0.1/$port"
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$path" "$port" >&3
+  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$path" "$port" >&3
   reply=$(timeout 5 cat <&3)
   exec 3<&-
   [[ $reply =~ ^HTTP/1\.[01]\ 200 ]] || return 1

