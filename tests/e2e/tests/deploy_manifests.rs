@@ -1,9 +1,9 @@
-//! The Kubernetes manifests under `deploy/` (Istio `WasmPlugin`s, the Envoy
+//! The Kubernetes manifests under `envoy-configs/{istio,envoy-gateway}/` (Istio `WasmPlugin`s, the Envoy
 //! Gateway `EnvoyExtensionPolicy`) carry the filters' configurations: each one
 //! must be accepted by the filter's own parser, as Envoy would when the mesh
 //! loads it. The configurations are written as JSON inside the YAML (after
 //! `pluginConfig:` or `config:`), so they are extracted without a YAML parser;
-//! `deploy/check.py` checks that YAML reads them as the same JSON, and the
+//! `scripts/check_deploy.py` checks that YAML reads them as the same JSON, and the
 //! schema of the resources around them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -122,7 +122,9 @@ fn manifests() -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&repo_root().join("deploy"), &mut out);
+    for dir in ["istio", "envoy-gateway", "kubernetes"] {
+        walk(&repo_root().join("envoy-configs").join(dir), &mut out);
+    }
     out.sort();
     out
 }
@@ -152,7 +154,7 @@ fn every_filter_configuration_in_the_manifests_is_valid() {
             assert!(
                 seen.iter()
                     .any(|(p, f)| *f == filter && p.parent().unwrap().ends_with(dir)),
-                "deploy/{dir}: no configuration for the {filter} filter"
+                "envoy-configs/{dir}: no configuration for the {filter} filter"
             );
         }
     }
@@ -163,14 +165,16 @@ fn every_filter_configuration_in_the_manifests_is_valid() {
 #[test]
 fn the_envoy_gateway_policy_lists_the_filters_in_chain_order() {
     let text =
-        std::fs::read_to_string(repo_root().join("deploy/envoy-gateway/portcullis.yaml")).unwrap();
+        std::fs::read_to_string(repo_root().join("envoy-configs/envoy-gateway/portcullis.yaml"))
+            .unwrap();
     let order: Vec<&str> = embedded(&text).iter().map(|e| e.filter).collect();
     assert_eq!(order, FILTERS);
 }
 
 #[test]
 fn a_broken_configuration_is_caught() {
-    let text = std::fs::read_to_string(repo_root().join("deploy/istio/wasmplugins.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy-configs/istio/wasmplugins.yaml")).unwrap();
     let found = embedded(&text);
     assert_eq!(
         found.iter().map(|e| e.filter).collect::<Vec<_>>(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Offline checks of the container and mesh deployment files (no engine, no cluster needed).
 
-    deploy/check.py [--compose-config FILE] [--edge-bin PATH] [--self-test]
+    scripts/check_deploy.py [--compose-config FILE] [--edge-bin PATH] [--self-test]
 
 - docker-compose.yml, as normalised by `docker-compose config` (FILE): health checks and
   start-up conditions, loopback-only ports, the two networks (Envoy never on the apps' one), the
@@ -9,7 +9,7 @@
   envoy-configs/compose.yaml, docker/edge.json and the services agree (hosts, ports, issuer,
   trusted proxy address, app URLs);
 - the Dockerfiles' COPY sources exist;
-- every Kubernetes manifest under deploy/: a hand-written schema of the resources used (Istio
+- every Kubernetes manifest under envoy-configs/{istio,envoy-gateway,kubernetes}/: a hand-written schema of the resources used (Istio
   WasmPlugin, Gateway, VirtualService, ServiceEntry, DestinationRule; Gateway API Gateway and
   HTTPRoute; Envoy Gateway EnvoyExtensionPolicy and EnvoyPatchPolicy; core Namespace, ConfigMap,
   PersistentVolumeClaim, Deployment, Service), the filter order (Istio phase/priority, Envoy
@@ -35,9 +35,11 @@ import tempfile
 try:
     import yaml
 except ImportError:
-    sys.exit("deploy/check.py needs PyYAML: .tools/venv/bin/pip install pyyaml (scripts/setup.sh does)")
+    sys.exit("scripts/check_deploy.py needs PyYAML: .tools/venv/bin/pip install pyyaml (scripts/setup.sh does)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The Kubernetes manifests: envoy-configs/<dir>/*.yaml (the Envoy configs sit beside them).
+MANIFEST_DIRS = ("istio", "envoy-gateway", "kubernetes")
 FILTERS = ["robots", "preauth", "conditional-access", "cookie"]
 PUBLISHED = {10000, 10443, 9000, 9901}
 PHASE_RANK = {"AUTHN": 0, "AUTHZ": 1, "STATS": 2, "UNSPECIFIED_PHASE": 3}
@@ -352,7 +354,7 @@ def check_references(p, docs, edge_bin):
     def service_port(where, name, ns, port):
         svc = services.get((name, ns))
         if svc is None:
-            p.add(where, f"no Service {ns}/{name} in deploy/")
+            p.add(where, f"no Service {ns}/{name} in the manifests")
         elif port not in [sp.get("port") for sp in (svc.get("spec") or {}).get("ports", [])]:
             p.add(where, f"Service {ns}/{name} has no port {port}")
 
@@ -380,7 +382,7 @@ def check_references(p, docs, edge_bin):
         sel = (d.get("spec") or {}).get("selector") or {}
         if not any(all(((dd.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels", {}).get(k) == v
                        for k, v in sel.items()) for _, dd in by_kind.get("Deployment", [])):
-            p.add(where, f"selector {sel} matches no Deployment in deploy/")
+            p.add(where, f"selector {sel} matches no Deployment in the manifests")
     for where, d in by_kind.get("ConfigMap", []):
         text = (d.get("data") or {}).get("edge.json")
         if text is None:
@@ -428,7 +430,7 @@ def check_references(p, docs, edge_bin):
     for flavour, routed in routed_apps.items():
         for app in routed:
             if edge_apps and app not in edge_apps:
-                p.add(f"deploy/ ({flavour})", f"routes send x-portcullis-app {app!r}, which the edge config lacks")
+                p.add(f"envoy-configs/ ({flavour})", f"routes send x-portcullis-app {app!r}, which the edge config lacks")
 
     # The filter configs: preauth clusters exist, cookie internal URLs are the edge's.
     for where, d in by_kind.get("WasmPlugin", []) + by_kind.get("EnvoyExtensionPolicy", []):
@@ -443,7 +445,7 @@ def check_references(p, docs, edge_bin):
                     cluster = app.get("cluster")
                     known = entries if d["kind"] == "WasmPlugin" else patched_clusters
                     if cluster not in known:
-                        p.add(where, f"preauth app {app.get('id')}: cluster {cluster!r} is defined nowhere in deploy/")
+                        p.add(where, f"preauth app {app.get('id')}: cluster {cluster!r} is defined nowhere in the manifests")
             if f == "cookie":
                 for app in cfg.get("apps", []):
                     want = edge_apps.get(app.get("name"))
@@ -717,11 +719,12 @@ def main():
     envoy_yaml = read(os.path.join(ROOT, "envoy-configs/compose.yaml"))
     edge_json = read(os.path.join(ROOT, "docker/edge.json"))
     manifests = {}
-    for dirpath, _, names in os.walk(os.path.join(ROOT, "deploy")):
-        for n in names:
-            if n.endswith((".yaml", ".yml")):
-                path = os.path.join(dirpath, n)
-                manifests[path] = read(path)
+    for sub in MANIFEST_DIRS:
+        for dirpath, _, names in os.walk(os.path.join(ROOT, "envoy-configs", sub)):
+            for n in names:
+                if n.endswith((".yaml", ".yml")):
+                    path = os.path.join(dirpath, n)
+                    manifests[path] = read(path)
 
     p = Problems()
     check_compose(p, compose, envoy_yaml, edge_json, args.edge_bin)
