@@ -415,3 +415,34 @@ fn cost_of_a_decision_with_twenty_policies() {
     );
     assert!(per < 20_000_000, "{per}");
 }
+
+/// Header values need not be UTF-8: reading them must never trap the VM.
+#[test]
+fn non_utf8_header_values_never_trap() {
+    let mut p = plugin(CONFIG);
+    let fs = FilterState::default();
+    fs.set("portcullis_identity", staff(&["pwd"]).unwrap().into_bytes());
+    let s = p.new_stream_with(fs).unwrap();
+    p.set_stream_property(s, "source.address", "198.51.100.7:5000")
+        .unwrap();
+    let headers: Vec<(String, Vec<u8>)> = vec![
+        (":method".into(), b"GET".to_vec()),
+        (":path".into(), b"/".to_vec()),
+        (":authority".into(), b"hr.localhost".to_vec()),
+        ("accept".into(), b"text/html".to_vec()),
+        ("user-agent".into(), b"Mozilla/5.0 \xff\xfe".to_vec()),
+        ("x-request-id".into(), b"rid-\xe9".to_vec()),
+    ];
+    let a = p.request_headers_raw(s, headers, true).unwrap();
+    assert_eq!(a, Action::Continue, "{:?}", p.log_messages());
+    // The VM is still alive for the next request.
+    let (_, a) = call(
+        &mut p,
+        Call {
+            identity: staff(&["pwd"]),
+            source: "198.51.100.7:5000",
+            headers: browser("/", &[]),
+        },
+    );
+    assert_eq!(a, Action::Continue);
+}

@@ -398,3 +398,54 @@ fn documents_are_shared_between_workers() {
     );
     start_login(&mut b, "/from-b");
 }
+
+/// Header values need not be UTF-8 (Envoy passes obs-text through). Reading
+/// them must never trap the VM: a trap would take every later request on
+/// the worker down with it.
+#[test]
+fn non_utf8_header_values_never_trap() {
+    let mut p = ready();
+    let raw = |extra: &[(&str, &[u8])], host: &str| {
+        let mut h: Vec<(String, Vec<u8>)> = vec![
+            (":method".into(), b"GET".to_vec()),
+            (":path".into(), b"/".to_vec()),
+            (":authority".into(), host.as_bytes().to_vec()),
+            (":scheme".into(), b"https".to_vec()),
+            ("accept".into(), b"text/html".to_vec()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_vec())));
+        h
+    };
+    // Passthrough: a spoofed identity header with a non-UTF-8 value is still removed.
+    let s = p.new_stream().unwrap();
+    let a = p
+        .request_headers_raw(
+            s,
+            raw(
+                &[
+                    ("x-forwarded-user", b"m\xffllory"),
+                    ("user-agent", b"\xe9\xff"),
+                ],
+                "open.localhost",
+            ),
+            true,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    assert_eq!(p.request_header(s, "x-forwarded-user"), None);
+    // Sign-in app: a cookie that is not UTF-8 is no session; the browser is sent to sign in.
+    let s = p.new_stream().unwrap();
+    let a = p
+        .request_headers_raw(
+            s,
+            raw(&[("cookie", b"__Host-portcullis=\xff\xfe")], "hr.localhost"),
+            true,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Pause);
+    assert_eq!(p.local_response(s).unwrap().status, 302);
+    // The VM is still alive for the next request.
+    let (s, a) = request(&mut p, "hr.localhost", "/", &[BROWSER]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(p.local_response(s).unwrap().status, 302);
+}

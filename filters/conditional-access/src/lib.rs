@@ -183,7 +183,13 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let vm = Rc::clone(&self.vm);
         let config = &vm.config;
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        // Bytes, read lossily: the SDK's string reader panics on a value that
+        // is not UTF-8, which would trap the VM.
+        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect();
         let request_id = property_text(vec!["request", "id"])
             .filter(|s| !s.is_empty())
             .or_else(|| first(&headers, "x-request-id").map(str::to_string))

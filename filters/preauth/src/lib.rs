@@ -586,8 +586,15 @@ struct Stream {
     context_id: u32,
 }
 
+/// The request headers. Values that are not UTF-8 (obs-text, which Envoy lets
+/// through) are read lossily: the SDK's string reader panics on them, which
+/// would trap the VM and fail every later request on the worker.
 fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
 }
 
 fn header(headers: &[(String, String)], name: &str) -> String {
