@@ -124,9 +124,17 @@ pub struct PluginBuilder {
     clusters: Vec<String>,
     seed: u64,
     properties: HashMap<String, Vec<u8>>,
+    log_level: u32,
 }
 
 impl PluginBuilder {
+    /// The host's log level (proxy-wasm numbering: 0 trace … 5 critical), as
+    /// `proxy_get_log_level` reports it; default 1 (debug).
+    pub fn log_level(mut self, level: u32) -> Self {
+        self.log_level = level;
+        self
+    }
+
     /// The plugin configuration (JSON text).
     pub fn config(mut self, config: impl AsRef<[u8]>) -> Self {
         self.config = config.as_ref().to_vec();
@@ -186,7 +194,7 @@ impl PluginBuilder {
             known_clusters: self.clusters,
             rng: self.seed,
             properties: self.properties,
-            log_level: 1,
+            log_level: self.log_level,
             root_context_id: 1,
             ..HostState::default()
         };
@@ -275,6 +283,7 @@ impl Plugin {
             clusters: Vec::new(),
             seed: 0x5eed,
             properties: HashMap::new(),
+            log_level: 1,
         }
     }
 

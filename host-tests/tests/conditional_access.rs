@@ -446,3 +446,33 @@ fn non_utf8_header_values_never_trap() {
     );
     assert_eq!(a, Action::Continue);
 }
+
+/// The decision log follows Envoy's log level: at `warn` the line is not even
+/// formatted, and the decision is the same.
+#[test]
+fn decision_lines_follow_the_hosts_log_level() {
+    for (level, logged) in [(2u32, true), (3u32, false)] {
+        let mut p = Plugin::builder(Filter::ConditionalAccess)
+            .config(CONFIG)
+            .now_secs(NOW)
+            .log_level(level)
+            .start()
+            .unwrap();
+        assert!(p.configured());
+        let (_, a) = call(
+            &mut p,
+            Call {
+                identity: staff(&["pwd"]),
+                source: "198.51.100.7:5000",
+                headers: browser("/", &[]),
+            },
+        );
+        assert_eq!(a, Action::Continue);
+        let lines = p
+            .log_messages()
+            .into_iter()
+            .filter(|m| m.contains("\"request_id\":\"rid-1\""))
+            .count();
+        assert_eq!(lines, usize::from(logged), "level {level}");
+    }
+}

@@ -28,6 +28,19 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// How often the module re-reads Envoy's log level.
+const LOG_LEVEL_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lowers the module's own log filter to Envoy's level for wasm logs, so a
+/// decision log line that Envoy would drop (e.g. `--log-level warn`) is not
+/// even formatted: that is most of a decision's cost. Changes made through
+/// Envoy's admin `/logging` apply within [`LOG_LEVEL_REFRESH`].
+fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
+}
+
 /// Per-VM state shared by the streams.
 #[derive(Debug)]
 struct Vm {
@@ -46,6 +59,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        follow_host_log_level();
+        let _ = hostcalls::set_tick_period(LOG_LEVEL_REFRESH);
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match PolicyConfig::from_json(&bytes) {
             Ok(config) => {
@@ -70,6 +85,10 @@ impl RootContext for Root {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        follow_host_log_level();
     }
 
     fn get_type(&self) -> Option<ContextType> {

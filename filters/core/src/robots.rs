@@ -74,6 +74,11 @@ pub enum RobotsDecision {
     PassThrough,
 }
 
+/// Whether `raw_path` normalises to `/robots.txt` (whatever the method).
+pub fn is_robots_path(raw_path: &str) -> bool {
+    matches!(path::normalize(raw_path), Ok(p) if p == "/robots.txt")
+}
+
 /// Decides whether a request is a robots.txt request: `GET` or `HEAD` of the
 /// normalised path `/robots.txt`, on any host, whatever the query.
 pub fn decide(method: &str, raw_path: &str) -> RobotsDecision {
@@ -82,15 +87,39 @@ pub fn decide(method: &str, raw_path: &str) -> RobotsDecision {
         "HEAD" => false,
         _ => return RobotsDecision::PassThrough,
     };
-    match path::normalize(raw_path) {
-        Ok(p) if p == "/robots.txt" => RobotsDecision::Serve { with_body },
-        _ => RobotsDecision::PassThrough,
+    if is_robots_path(raw_path) {
+        RobotsDecision::Serve { with_body }
+    } else {
+        RobotsDecision::PassThrough
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn robots_path_is_decided_on_the_normalised_path_alone() {
+        for p in [
+            "/robots.txt",
+            "/robots.txt?x=1",
+            "//robots.txt",
+            "/a/../robots.txt",
+            "/%72obots.txt",
+        ] {
+            assert!(is_robots_path(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/ROBOTS.TXT",
+            "/robots.txt;x",
+            "/robots.txt/",
+            "",
+            "/robots%2Etxt.bak",
+        ] {
+            assert!(!is_robots_path(p), "{p}");
+        }
+    }
 
     #[test]
     fn serves_get_and_head_of_robots_txt() {

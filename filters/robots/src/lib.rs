@@ -64,8 +64,14 @@ impl HttpContext for Stream {
                 .and_then(|v| String::from_utf8(v).ok())
                 .unwrap_or_default()
         };
-        let (method, path) = (header(":method"), header(":path"));
-        match robots::decide(&method, &path) {
+        // Every header read is a host call with a copy into the VM, which is
+        // most of this filter's cost: the method is read only for a path
+        // that could be robots.txt.
+        let path = header(":path");
+        if !robots::is_robots_path(&path) {
+            return Action::Continue;
+        }
+        match robots::decide(&header(":method"), &path) {
             RobotsDecision::PassThrough => Action::Continue,
             RobotsDecision::Serve { with_body } => {
                 let mut headers = vec![("content-type", robots::ROBOTS_CONTENT_TYPE)];
