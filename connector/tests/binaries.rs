@@ -183,13 +183,7 @@ fn clear_errors_for_missing_certificate_unreachable_edge_and_bad_config() {
 async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let idp = Idp::new(dir.path());
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let port = || portcullis_e2e::free_port().unwrap();
     let mut file = edge_file(
         &dir.path().join("edge"),
         &idp.jwks_path,

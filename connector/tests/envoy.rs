@@ -19,11 +19,7 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    portcullis_e2e::free_port().unwrap()
 }
 
 fn envoy_bin() -> PathBuf {
