@@ -20,6 +20,6 @@ lint:
 
 bench:
 	scripts/setup.sh
-	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+	scripts/setup-bench.sh
 	scripts/build.sh
 	scripts/bench.py $(BENCH_ARGS)

@@ -7,14 +7,20 @@ scenarios run alternately (A B C A B C ...) for several rounds with `wrk` at a
 fixed concurrency and duration, so that drift on the machine hits all of them
 alike. Reported per scenario: median req/s over rounds, p50/p99 latency (median
 over rounds), Envoy CPU time per request (from /proc), and ratios to the
-baseline (bare Envoy: router only). Results go to bench-results/ as JSON and SVG.
+baseline (bare Envoy: router only). Then bare Envoy, the chain and the native
+oauth2 peer run at a fixed 1000 req/s with an open-loop generator
+(target/release/loadgen: latency from each request's scheduled time), for p50/p99
+at a rate that does not saturate anything. Results go to bench-results/ as JSON
+and SVG.
 
-    scripts/bench.py            # default: ~10 s per run, 3 rounds
-    scripts/bench.py --quick    # 3 s per run, 2 rounds
+    scripts/bench.py            # default: 8 s per run, 3 rounds (about 5 minutes)
+    scripts/bench.py --quick    # 2 s per run, 2 rounds (about 1 minute)
 """
 
 import argparse
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,10 +41,22 @@ ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/venv/bin/envoy"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+_NEXT_PORT = [20000 + os.getpid() * 7919 % 12000]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999), so no socket
+    binding port 0 or connecting out can take it before our server binds it."""
+    for _ in range(12000):
+        port = _NEXT_PORT[0]
+        _NEXT_PORT[0] = 20000 + (port - 20000 + 1) % 12000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port in 20000-32000")
 
 
 def replace_port(text, old, new):
@@ -105,11 +124,11 @@ def read_cfg(name):
     return (ROOT / "envoy-configs" / name).read_text()
 
 
-def native_peer(tmp):
-    """Envoy's own filters doing comparable work: jwt_authn (RS256 ID token in a header,
-    verified on every request against a local JWKS) + rbac (20 policies)."""
+def signed_id_token(tmp):
+    """An RS256 ID token (2048-bit key made here) and the JWKS that verifies it."""
     key = Path(tmp) / "jwt.key"
-    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    if not key.exists():
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
     modulus = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-modulus"], check=True,
                              capture_output=True, text=True).stdout.strip().split("=", 1)[1]
     b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -123,10 +142,14 @@ def native_peer(tmp):
     signing_input = f"{header}.{claims}".encode()
     sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signing_input,
                          check=True, capture_output=True).stdout
-    token = f"{header}.{claims}.{b64(sig)}"
-    rbac_policies = {}
+    return f"{header}.{claims}.{b64(sig)}", jwks
+
+
+def rbac_twenty():
+    """rbac with 20 ALLOW policies on the verified token's subject and headers."""
+    policies = {}
     for i in range(20):
-        rbac_policies[f"p{i:02}"] = {
+        policies[f"p{i:02}"] = {
             "permissions": [{"and_rules": {"rules": [
                 {"url_path": {"path": {"prefix": "/"}}},
                 {"not_rule": {"url_path": {"path": {"prefix": f"/section-{i}"}}}}]}}],
@@ -136,25 +159,79 @@ def native_peer(tmp):
                               "value": {"string_match": {"exact": "u-bench"}}}},
                 {"not_id": {"header": {"name": "x-blocked", "present_match": True}}}]}}],
         }
-    jwt_block = {
+    return {"name": "envoy.filters.http.rbac",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                             "rules": {"action": "ALLOW", "policies": policies}}}
+
+
+def jwt_authn(jwks, source):
+    return {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
             "providers": {"idp": {"issuer": "http://127.0.0.1:9000", "audiences": ["portcullis-demo"],
                                   "local_jwks": {"inline_string": json.dumps(jwks)},
-                                  "from_headers": [{"name": "x-id-token"}],
-                                  "payload_in_metadata": "jwt", "forward": False}},
+                                  **source, "payload_in_metadata": "jwt", "forward": False}},
             "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
         },
     }
-    rbac_block = {
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-                         "rules": {"action": "ALLOW", "policies": rbac_policies}},
-    }
-    blocks = "".join("          - " + json.dumps(b) + "\n" for b in (jwt_block, rbac_block))
+
+
+OAUTH2_HOST = "bench.local"
+OAUTH2_HMAC_SECRET = "bench-hmac-secret-0123456789abcdef"
+
+
+def oauth2_cookies(id_token):
+    """The cookies Envoy's oauth2 filter accepts without a redirect: OauthHMAC is the base64
+    HMAC-SHA256, keyed with the HMAC secret, of host, expiry and the tokens joined by newlines
+    (the validator of Envoy 1.40's oauth2 filter)."""
+    expires = str(int(time.time()) + 7200)
+    access = "bench-access-token"
+    payload = "\n".join([OAUTH2_HOST, expires, access, id_token, ""]).encode()
+    mac = base64.b64encode(hmac.new(OAUTH2_HMAC_SECRET.encode(), payload, hashlib.sha256).digest()).decode()
+    return f"OauthHMAC={mac}; OauthExpires={expires}; BearerToken={access}; IdToken={id_token}"
+
+
+def native_peer(tmp, oauth2):
+    """Envoy's own filters doing comparable work. Without `oauth2`: jwt_authn verifies an RS256
+    ID token from a header on every request (local JWKS), rbac holds 20 policies. With `oauth2`:
+    Envoy's oauth2 filter first checks its HMAC session cookies (a request without them is
+    redirected to sign in), then jwt_authn verifies the ID token from the IdToken cookie, then
+    rbac."""
+    token, jwks = signed_id_token(tmp)
     text = without_filter(read_cfg("robots.yaml"), "portcullis.robots")
-    return with_filters_before_router(text, [blocks]), [f"x-id-token: {token}"]
+    if not oauth2:
+        blocks = [jwt_authn(jwks, {"from_headers": [{"name": "x-id-token"}]}), rbac_twenty()]
+        headers = [f"x-id-token: {token}"]
+    else:
+        oauth2_block = {
+            "name": "envoy.filters.http.oauth2",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2",
+                "config": {
+                    "token_endpoint": {"cluster": "app", "uri": "http://127.0.0.1:8081/token", "timeout": "3s"},
+                    "authorization_endpoint": "http://127.0.0.1:9000/auth",
+                    "redirect_uri": "http://%REQ(:authority)%/callback",
+                    "redirect_path_matcher": {"path": {"exact": "/callback"}},
+                    "signout_path": {"path": {"exact": "/signout"}},
+                    "forward_bearer_token": True,
+                    "disable_token_encryption": True,
+                    "credentials": {"client_id": "bench", "token_secret": {"name": "oauth2-token"},
+                                    "hmac_secret": {"name": "oauth2-hmac"}},
+                    "auth_scopes": ["openid"],
+                },
+            },
+        }
+        blocks = [oauth2_block, jwt_authn(jwks, {"from_cookies": ["IdToken"]}), rbac_twenty()]
+        headers = [f"Host: {OAUTH2_HOST}", f"Cookie: {oauth2_cookies(token)}"]
+        secrets = ("  secrets:\n"
+                   "  - name: oauth2-token\n"
+                   "    generic_secret: { secret: { inline_string: bench-client-secret } }\n"
+                   f"  - name: oauth2-hmac\n"
+                   f"    generic_secret: {{ secret: {{ inline_string: {OAUTH2_HMAC_SECRET} }} }}\n")
+        text = text.replace("static_resources:\n", "static_resources:\n" + secrets, 1)
+    lines = "".join("          - " + json.dumps(b) + "\n" for b in blocks)
+    return with_filters_before_router(text, [lines]), headers
 
 
 def scenarios(tmp, idp_port, issuer, cookie):
@@ -166,17 +243,28 @@ def scenarios(tmp, idp_port, issuer, cookie):
          filter_block(preauth, "portcullis.preauth"),
          ca_with(twenty_policies()),
          filter_block(read_cfg("cookie.yaml"), "portcullis.cookie")])
-    native_text, native_headers = native_peer(tmp)
+    native_text, native_headers = native_peer(tmp, oauth2=False)
+    oauth2_text, oauth2_headers = native_peer(tmp, oauth2=True)
     cookie_header = [f"Cookie: {cookie}; app_pref=dark", "Accept: text/html"]
+    browser = ["Accept: text/html"]
+    # name: (config, headers, expected status)
     return {
-        "bare envoy": (without_filter(read_cfg("robots.yaml"), "portcullis.robots"), []),
-        "robots": (read_cfg("robots.yaml"), []),
-        "preauth (valid cookie)": (preauth, cookie_header),
-        "conditional-access": (read_cfg("conditional-access.yaml"), []),
-        "cookie": (read_cfg("cookie.yaml"), cookie_header),
-        "chain (20 policies)": (chain, cookie_header),
-        "native jwt_authn+rbac(20)": (native_text, native_headers),
+        "bare envoy": (without_filter(read_cfg("robots.yaml"), "portcullis.robots"), [], 200),
+        "robots": (read_cfg("robots.yaml"), [], 200),
+        "preauth (valid cookie)": (preauth, cookie_header, 200),
+        "conditional-access": (read_cfg("conditional-access.yaml"), [], 200),
+        "cookie": (read_cfg("cookie.yaml"), cookie_header, 200),
+        "chain (20 policies)": (chain, cookie_header, 200),
+        "native jwt_authn+rbac(20)": (native_text, native_headers, 200),
+        "native oauth2+jwt_authn+rbac(20)": (oauth2_text, oauth2_headers, 200),
+        "preauth: sign-in redirect": (preauth, browser, 302),
+        "chain: sign-in redirect": (chain, browser, 302),
     }
+
+
+# The fixed-rate comparison (open loop, target/release/loadgen).
+FIXED_RATE = 1000
+FIXED_RATE_SCENARIOS = ["bare envoy", "chain (20 policies)", "native oauth2+jwt_authn+rbac(20)"]
 
 
 BASELINE = "bare envoy"
@@ -246,38 +334,69 @@ def run_wrk(port, headers, duration, connections):
     return {"rps": rps, "requests": total, "p50_us": p50, "p99_us": p99, "non2xx": errors}
 
 
-def svg_plot(results, path):
-    names = list(results)
-    base = results[BASELINE]["rps"] or 1
-    width, bar_h, gap, left = 720, 26, 10, 170
-    height = 60 + len(names) * (bar_h + gap)
+LOADGEN = ROOT / "target/release/loadgen"
+
+
+def run_loadgen(port, headers, rate, duration, connections):
+    out = subprocess.run([str(LOADGEN), f"http://127.0.0.1:{port}/1k", str(rate), str(duration),
+                          str(connections), *headers], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def check_scenario(name, port, headers, status):
+    """Waits (15 s at most) until the scenario answers `status` (200 with the 1 KiB body)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/1k", headers=dict(h.split(": ", 1) for h in headers))
+    opener = urllib.request.build_opener(_NoRedirect)
+    deadline = time.time() + 15
+    got = None
+    while time.time() < deadline:
+        try:
+            with opener.open(req, timeout=2) as r:
+                got = r.status
+                if status == 200 and r.status == 200 and len(r.read()) == 1024:
+                    return
+        except urllib.error.HTTPError as e:
+            got = e.code
+            if e.code == status:
+                return
+        except OSError as e:
+            got = e
+        time.sleep(0.2)
+    raise SystemExit(f"scenario {name!r} does not answer {status} (last: {got})")
+
+
+def svg_plot(title, rows, path):
+    """A horizontal bar chart: rows of (label, ratio to the baseline, annotation)."""
+    width, bar_h, gap, left = 860, 24, 8, 300
+    height = 60 + len(rows) * (bar_h + gap)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">',
-             f'<text x="10" y="22" font-size="15">Requests/s relative to {BASELINE} (median of rounds)</text>']
-    for i, n in enumerate(names):
-        ratio = results[n]["rps"] / base
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="10" y="22" font-size="15">{title}</text>']
+    for i, (label, ratio, note) in enumerate(rows):
         y = 40 + i * (bar_h + gap)
-        w = max(1, int((width - left - 90) * min(ratio, 1.5) / 1.5))
-        parts.append(f'<text x="10" y="{y + 18}">{n}</text>')
+        w = max(1, int((width - left - 150) * min(ratio, 1.5) / 1.5))
+        parts.append(f'<text x="10" y="{y + 17}">{label}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{w}" height="{bar_h}" fill="#4a78b5"/>')
-        parts.append(f'<text x="{left + w + 6}" y="{y + 18}">{ratio:.2f}× ({results[n]["rps"]:.0f}/s)</text>')
+        parts.append(f'<text x="{left + w + 6}" y="{y + 17}">{ratio:.2f}× ({note})</text>')
+    x1 = left + int((width - left - 150) / 1.5)
+    parts.append(f'<line x1="{x1}" y1="34" x2="{x1}" y2="{height - 10}" stroke="#999" stroke-dasharray="4 3"/>')
     parts.append("</svg>")
     Path(path).write_text("\n".join(parts))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short runs (about 1 minute in all)")
-    ap.add_argument("--duration", type=int, help="seconds per run")
-    ap.add_argument("--rounds", type=int, help="rounds of A B A B ...")
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--out", default=str(ROOT / "bench-results"))
-    args = ap.parse_args()
-    duration = args.duration or (3 if args.quick else 10)
-    rounds = args.rounds or (2 if args.quick else 3)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: run `make bench` (it installs it)")
+def filters_plot(results, path):
+    base = results[BASELINE]["rps"] or 1
+    svg_plot(f"Requests/s relative to {BASELINE} (median of rounds; dashed line = 1.0)",
+             [(n, r["rps"] / base, f"{r['rps']:.0f}/s") for n, r in results.items()], path)
 
-    tmp = tempfile.mkdtemp(prefix="portcullis-bench-")
+
+def run_filters(args, tmp, duration, rounds):
+    """The filter scenarios; returns (results for the JSON file, names of scenarios with failed requests)."""
     upstream_port = free_port()
     app = subprocess.Popen([str(ROOT / "target/release/sample-app"), f"127.0.0.1:{upstream_port}", "bench"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -294,22 +413,18 @@ def main():
         cookie = subprocess.run([str(ROOT / "target/release/mint-session"), key, "sample", "__Host-portcullis", "staff"],
                                 check=True, capture_output=True, text=True).stdout.strip()
         time.sleep(0.3)
-        for name, (text, headers) in scenarios(tmp, idp_port, issuer, cookie).items():
+        expected = {}
+        for name, (text, headers, status) in scenarios(tmp, idp_port, issuer, cookie).items():
             envoys[name] = (Envoy(name, text, upstream_port, tmp), headers)
-        # Every scenario must answer 200 from the app before it is measured.
+            expected[name] = status
+        # Every scenario must give its expected answer before it is measured: 200 with the
+        # app's 1 KiB body, or the sign-in redirect.
         for name, (envoy, headers) in envoys.items():
-            req = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/1k",
-                                         headers=dict(h.split(": ", 1) for h in headers))
-            deadline = time.time() + 15
-            while True:
-                try:
-                    with urllib.request.urlopen(req, timeout=2) as r:
-                        if r.status == 200 and len(r.read()) == 1024:
-                            break
-                except OSError as e:
-                    if time.time() > deadline:
-                        raise SystemExit(f"scenario {name!r} does not answer 200: {e}")
-                time.sleep(0.2)
+            check_scenario(name, envoy.port, headers, expected[name])
+        # The native oauth2 peer really checks its cookies: without them it redirects.
+        oauth2_envoy, oauth2_headers = envoys["native oauth2+jwt_authn+rbac(20)"]
+        check_scenario("native oauth2 peer without its cookies", oauth2_envoy.port,
+                       [h for h in oauth2_headers if not h.startswith("Cookie:")], 302)
         print(f"warm-up ({len(envoys)} scenarios)…", flush=True)
         for name, (envoy, headers) in envoys.items():
             run_wrk(envoy.port, headers, 1, args.connections)
@@ -323,6 +438,22 @@ def main():
                 res["cpu_us_per_req"] = (envoy.cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
                 runs[name].append(res)
                 print(f"  round {r + 1}/{rounds} {name:>24}: {res['rps']:9.0f} req/s  p99 {res['p99_us']:8.0f} µs", flush=True)
+        fixed = {name: [] for name in FIXED_RATE_SCENARIOS}
+        if shutil.which(str(LOADGEN)) is None:
+            raise SystemExit(f"{LOADGEN} is missing: run `make bench` (it builds it)")
+        for name in FIXED_RATE_SCENARIOS:  # the open-loop client must get 2xx too
+            envoy, headers = envoys[name]
+            res = run_loadgen(envoy.port, headers, 100, 1, args.connections)
+            if res["errors"]:
+                raise SystemExit(f"scenario {name!r}: {res['errors']} of {res['scheduled']} open-loop requests failed")
+        for r in range(rounds):
+            order = FIXED_RATE_SCENARIOS if r % 2 == 0 else list(reversed(FIXED_RATE_SCENARIOS))
+            for name in order:
+                envoy, headers = envoys[name]
+                res = run_loadgen(envoy.port, headers, FIXED_RATE, duration, args.connections)
+                fixed[name].append(res)
+                print(f"  round {r + 1}/{rounds} {name:>34} at {FIXED_RATE}/s: p50 {res['p50_us']:6d} µs  "
+                      f"p99 {res['p99_us']:6d} µs  errors {res['errors']}", flush=True)
     finally:
         for envoy, _ in envoys.values():
             envoy.stop()
@@ -334,18 +465,62 @@ def main():
                for n, rs in runs.items()}
     base = results[BASELINE]
     print()
-    print(f"{'scenario':<26}{'req/s':>10}{'ratio':>8}{'p50 µs':>10}{'p99 µs':>10}{'Δp99 µs':>10}{'CPU µs/req':>12}{'ratio':>8}{'non-2xx':>9}")
+    print(f"{'scenario':<34}{'req/s':>10}{'ratio':>8}{'p50 µs':>10}{'p99 µs':>10}{'Δp99 µs':>10}{'CPU µs/req':>12}{'ratio':>8}{'non-2xx':>9}")
     for n, r in results.items():
-        print(f"{n:<26}{r['rps']:>10.0f}{r['rps'] / base['rps']:>8.2f}{r['p50_us']:>10.0f}{r['p99_us']:>10.0f}"
+        print(f"{n:<34}{r['rps']:>10.0f}{r['rps'] / base['rps']:>8.2f}{r['p50_us']:>10.0f}{r['p99_us']:>10.0f}"
               f"{r['p99_us'] - base['p99_us']:>10.0f}{r['cpu_us_per_req']:>12.1f}{r['cpu_us_per_req'] / base['cpu_us_per_req']:>8.2f}{r['non2xx']:>9}")
+    fixed_results = {n: {k: statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us", "p999_us", "achieved_rate")}
+                     | {"errors": sum(x["errors"] for x in rs), "runs": rs} for n, rs in fixed.items()}
+    fb = fixed_results[BASELINE]
+    print(f"\nfixed rate {FIXED_RATE} req/s (open loop, latency from the scheduled send time):")
+    print(f"{'scenario':<36}{'p50 µs':>9}{'p99 µs':>9}{'Δp99 µs':>10}{'p99.9 µs':>10}{'rate':>8}{'errors':>8}")
+    for n, r in fixed_results.items():
+        print(f"{n:<36}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['p99_us'] - fb['p99_us']:>10.0f}"
+              f"{r['p999_us']:>10.0f}{r['achieved_rate']:>8.0f}{r['errors']:>8}")
+    failed = [n for n, r in results.items() if r["non2xx"]] + [n for n, r in fixed_results.items() if r["errors"]]
+    return {"results": results, "fixed_rate": fixed_results}, failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (about 1 minute in all)")
+    ap.add_argument("--duration", type=int, help="seconds per run")
+    ap.add_argument("--rounds", type=int, help="rounds of A B A B ...")
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--out", default=str(ROOT / "bench-results"))
+    ap.add_argument("--only", choices=["filters", "tunnel"], help="run one part only")
+    ap.add_argument("--bulk-mib", type=int, default=100, help="tunnel bulk transfer size")
+    ap.add_argument("--streams", type=int, default=1000, help="concurrent streams for the connector's memory")
+    args = ap.parse_args()
+    started = time.time()
+    duration = args.duration or (2 if args.quick else 8)
+    rounds = args.rounds or (2 if args.quick else 3)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: run `make bench` (it installs it)")
+
+    tmp = tempfile.mkdtemp(prefix="portcullis-bench-")
+    doc = {"meta": {"duration_s": duration, "rounds": rounds, "connections": args.connections, "envoy_workers": 1,
+                    "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "baseline": BASELINE,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    failed = []
     out = Path(args.out)
     out.mkdir(exist_ok=True)
-    meta = {"duration_s": duration, "rounds": rounds, "connections": args.connections, "envoy_workers": 1,
-            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "baseline": BASELINE,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (out / "filters.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    svg_plot(results, out / "filters.svg")
-    print(f"\nwrote {out / 'filters.json'} and {out / 'filters.svg'}")
+    if args.only != "tunnel":
+        data, bad = run_filters(args, tmp, duration, rounds)
+        doc.update(data)
+        failed += bad
+        filters_plot(data["results"], out / "filters.svg")
+    if args.only != "filters":
+        import bench_tunnel
+        data, bad = bench_tunnel.run(sys.modules[__name__], tmp, duration, rounds, args.connections,
+                                     args.bulk_mib, args.streams)
+        doc["tunnel"] = data
+        bench_tunnel.plot(svg_plot, data, out / "tunnel.svg")
+        failed += [f"tunnel {n}" for n in bad]
+    (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {out / 'bench.json'} and the plots in {out} in {time.time() - started:.0f} s")
+    if failed:
+        raise SystemExit(f"INVALID RUN: requests failed in {', '.join(failed)}; the figures above do not count")
 
 
 if __name__ == "__main__":

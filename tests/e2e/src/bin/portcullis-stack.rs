@@ -1,0 +1,49 @@
+//! The whole system on free ports, for scripts (`scripts/bench.py`'s tunnel
+//! scenarios): `portcullis-stack STATE_DIR` starts what `make demo` starts,
+//! prints one JSON line with its ports, issuer, state directory and the edge's
+//! and connector's process ids, and runs until SIGTERM or Ctrl-C.
+
+use portcullis_e2e::stack::{Ports, Stack, StackOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let Some(state_dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
+        anyhow::bail!("usage: portcullis-stack STATE_DIR");
+    };
+    let stack = Stack::start(StackOptions {
+        ports: Ports::free()?,
+        state_dir: Some(state_dir),
+        extra_hosts: Vec::new(),
+    })?;
+    let p = stack.ports();
+    let line = serde_json::json!({
+        "issuer": stack.issuer(),
+        "dir": stack.dir(),
+        "edge_pid": stack.edge_pid(),
+        "connector_pid": stack.connector_pid(),
+        "ports": {
+            "http": p.http, "https": p.https, "envoy_admin": p.envoy_admin, "idp": p.idp,
+            "edge_registration": p.edge_registration, "edge_tunnel": p.edge_tunnel,
+            "edge_local": p.edge_local, "edge_metrics": p.edge_metrics,
+            "app_sample": p.app_sample, "app_admin": p.app_admin,
+        },
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    drop(out);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    drop(stack);
+    Ok(())
+}
