@@ -374,8 +374,11 @@ fn a_malformed_handoff_is_an_error_not_anonymous() {
     assert_eq!(p.local_response(s).unwrap().status, 400);
 }
 
-/// Cost in the test host: wasm fuel per decision with 20 policies (printed; the
-/// bound only catches a pathological regression, it is not a timing).
+/// Deterministic cost in the test host: wasm fuel (about one unit per wasm
+/// instruction, the same on any machine) per decision with 20 policies that all
+/// apply, including the decision line. Measured 161,909 on 2026-11-22; the
+/// budget allows 25% above that, so a regression fails here even when the
+/// wall-clock benchmarks are too noisy to show it. Not a timing.
 #[test]
 fn cost_of_a_decision_with_twenty_policies() {
     let mut policies = Vec::new();
@@ -413,7 +416,8 @@ fn cost_of_a_decision_with_twenty_policies() {
          (filter callback incl. logging); {wall} µs wall per request in the test host \
          (stream creation included; informational only)"
     );
-    assert!(per < 20_000_000, "{per}");
+    const BUDGET: u64 = 202_000;
+    assert!(per <= BUDGET, "{per} > {BUDGET}");
 }
 
 /// Header values need not be UTF-8: reading them must never trap the VM.
