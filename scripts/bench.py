@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmarks of Envoy filter chains (see BENCHMARKS.md).
+"""Side-by-side benchmarks (see BENCHMARKS.md): filter chains, then tunnel paths.
 
-Every scenario gets its own Envoy (one worker, fixed) in front of the same
-trivial upstream (the sample app's `/1k`, a 1 KiB body). After a warm-up, the
-scenarios run alternately (A B C A B C ...) for several rounds with `wrk` at a
-fixed concurrency and duration, so that drift on the machine hits all of them
-alike. Reported per scenario: median req/s over rounds, p50/p99 latency (median
-over rounds), Envoy CPU time per request (from /proc), and ratios to the
-baseline (bare Envoy: router only). Then bare Envoy, the chain and the native
-oauth2 peer run at a fixed 1000 req/s with an open-loop generator
-(target/release/loadgen: latency from each request's scheduled time), for p50/p99
-at a rate that does not saturate anything. Results go to bench-results/ as JSON
-and SVG.
+Filters: every scenario gets its own Envoy (one worker, fixed) in front of the
+same trivial upstream (the sample app's `/1k`, a 1 KiB body). After a warm-up,
+the scenarios run alternately (A B C ... then C B A ...) for several rounds with
+`wrk` at a fixed concurrency and duration, so drift on the machine hits all of
+them alike. Reported per scenario: median req/s over rounds, p50/p99 latency
+(median over rounds), Envoy CPU time per request (from /proc), and ratios to
+the baseline (bare Envoy: router only). Scenarios: each filter alone with a
+valid session cookie, the chain with 20 policies, Envoy's native peers
+(jwt_authn + rbac, and oauth2 + jwt_authn + rbac with a valid HMAC cookie), the
+sign-in redirect, and the callback (code exchange against a static token
+endpoint, ID token validation, session sealing) per request. Then bare Envoy,
+the chain and the oauth2 peer run at a fixed 1000 req/s with an open-loop
+generator (target/release/loadgen: latency from each request's scheduled time).
 
-    scripts/bench.py            # default: 8 s per run, 3 rounds (about 5 minutes)
-    scripts/bench.py --quick    # 2 s per run, 2 rounds (about 1 minute)
+Tunnel (scripts/bench_tunnel.py): Envoy -> app directly, through edge +
+connector, and through rathole (TLS): small requests, 100 MiB down and up, and
+the connector's memory.
+
+Results go to bench-results/: bench.json, filters.svg, tunnel.svg. A run in
+which any request failed exits non-zero.
+
+    scripts/bench.py                  # default: 8 s per run, 3 rounds (about 8 minutes)
+    scripts/bench.py --quick          # 2 s per run, 2 rounds (about 2 minutes)
+    scripts/bench.py --only tunnel    # or --only filters
 """
 
 import argparse
@@ -33,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -124,7 +135,7 @@ def read_cfg(name):
     return (ROOT / "envoy-configs" / name).read_text()
 
 
-def signed_id_token(tmp):
+def signed_id_token(tmp, iss="http://127.0.0.1:9000", aud="portcullis-demo", nonce=None):
     """An RS256 ID token (2048-bit key made here) and the JWKS that verifies it."""
     key = Path(tmp) / "jwt.key"
     if not key.exists():
@@ -136,9 +147,11 @@ def signed_id_token(tmp):
                       "n": b64(bytes.fromhex(modulus)), "e": "AQAB"}]}
     now = int(time.time())
     header = b64(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
-    claims = b64(json.dumps({"iss": "http://127.0.0.1:9000", "aud": "portcullis-demo", "sub": "u-bench",
-                             "groups": ["staff"], "amr": ["pwd", "otp", "mfa"], "iat": now,
-                             "exp": now + 7200}).encode())
+    claims = {"iss": iss, "aud": aud, "sub": "u-bench", "email": "bench@example.com", "groups": ["staff"],
+              "amr": ["pwd", "otp", "mfa"], "iat": now, "auth_time": now, "exp": now + 7200}
+    if nonce is not None:
+        claims["nonce"] = nonce
+    claims = b64(json.dumps(claims).encode())
     signing_input = f"{header}.{claims}".encode()
     sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signing_input,
                          check=True, capture_output=True).stdout
@@ -234,7 +247,7 @@ def native_peer(tmp, oauth2):
     return with_filters_before_router(text, [lines]), headers
 
 
-def scenarios(tmp, idp_port, issuer, cookie):
+def scenarios(tmp, idp_port, issuer, cookie, bench_issuer_port):
     preauth = read_cfg("preauth.yaml").replace("http://127.0.0.1:9000", issuer)
     preauth = replace_port(preauth, 9000, idp_port)
     chain = with_filters_before_router(
@@ -259,7 +272,49 @@ def scenarios(tmp, idp_port, issuer, cookie):
         "native oauth2+jwt_authn+rbac(20)": (oauth2_text, oauth2_headers, 200),
         "preauth: sign-in redirect": (preauth, browser, 302),
         "chain: sign-in redirect": (chain, browser, 302),
+        # Headers and path come from a sign-in on this Envoy (run_filters): the login cookie
+        # and `state`; the token endpoint answers an ID token with that sign-in's nonce.
+        CALLBACK: (replace_port(read_cfg("preauth.yaml").replace("http://127.0.0.1:9000",
+                                                                 f"http://127.0.0.1:{bench_issuer_port}"),
+                                9000, bench_issuer_port), None, 302),
     }
+
+
+CALLBACK = "preauth: callback (code exchange)"
+
+
+def issuer_config(issuer, jwks, token):
+    """An Envoy (router only) standing in for the provider in the callback scenario: static
+    discovery, JWKS and token documents as direct responses, so the token endpoint costs
+    almost nothing and never limits the measured Envoy."""
+    docs = {
+        "/.well-known/openid-configuration": {"issuer": issuer, "authorization_endpoint": f"{issuer}/auth",
+                                              "token_endpoint": f"{issuer}/token", "jwks_uri": f"{issuer}/jwks"},
+        "/jwks": jwks,
+        "/token": {"id_token": token, "access_token": "bench-access", "token_type": "Bearer", "expires_in": 3600},
+    }
+    routes = "".join(
+        "              - " + json.dumps({
+            "match": {"path": path},
+            "direct_response": {"status": 200, "body": {"inline_string": json.dumps(doc)}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+        }) + "\n" for path, doc in docs.items())
+    text = without_filter(read_cfg("robots.yaml"), "portcullis.robots")
+    return text.replace('              - match: { prefix: "/" }\n                route: { cluster: app }\n', routes)
+
+
+def start_login(port):
+    """Starts a sign-in on the preauth Envoy at `port`; returns (state, nonce, login cookie pair)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Accept": "text/html"})
+    try:
+        urllib.request.build_opener(_NoRedirect).open(req, timeout=5)
+    except urllib.error.HTTPError as e:
+        if e.code != 302:
+            raise SystemExit(f"sign-in did not redirect: {e.code}")
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(e.headers["location"]).query)
+        cookie = e.headers["set-cookie"].split(";", 1)[0]
+        return q["state"][0], q["nonce"][0], cookie
+    raise SystemExit("sign-in did not redirect")
 
 
 # The fixed-rate comparison (open loop, target/release/loadgen).
@@ -271,9 +326,9 @@ BASELINE = "bare envoy"
 
 
 class Envoy:
-    def __init__(self, name, text, upstream_port, tmp):
+    def __init__(self, name, text, upstream_port, tmp, port=None):
         self.name = name
-        self.port, self.admin = free_port(), free_port()
+        self.port, self.admin = port or free_port(), free_port()
         text = replace_port(text, 10000, self.port)
         text = replace_port(text, 9901, self.admin)
         text = replace_port(text, 8081, upstream_port)
@@ -317,11 +372,11 @@ def parse_duration_us(text):
     return value * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
-def run_wrk(port, headers, duration, connections):
+def run_wrk(port, headers, duration, connections, path="/1k"):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
-    cmd.append(f"http://127.0.0.1:{port}/1k")
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -348,9 +403,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def check_scenario(name, port, headers, status):
-    """Waits (15 s at most) until the scenario answers `status` (200 with the 1 KiB body)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/1k", headers=dict(h.split(": ", 1) for h in headers))
+def check_scenario(name, port, headers, status, path="/1k", location=None):
+    """Waits (15 s at most) until the scenario answers `status` (200 with the 1 KiB body; a
+    redirect to `location` when given)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(h.split(": ", 1) for h in headers))
     opener = urllib.request.build_opener(_NoRedirect)
     deadline = time.time() + 15
     got = None
@@ -362,7 +418,9 @@ def check_scenario(name, port, headers, status):
                     return
         except urllib.error.HTTPError as e:
             got = e.code
-            if e.code == status:
+            if location is not None and e.headers.get("location") != location:
+                got = f"{e.code} to {e.headers.get('location')}"
+            elif e.code == status:
                 return
         except OSError as e:
             got = e
@@ -405,7 +463,7 @@ def run_filters(args, tmp, duration, rounds):
                                                 "redirect_uris": ["http://127.0.0.1:10000/.auth/callback"]}]}))
     idp = subprocess.Popen(["node", str(ROOT / "tests/idp/server.mjs"), "--port", "0", "--quiet", "--config", str(clients)],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    envoys = {}
+    envoys, paths, issuer_envoy = {}, {}, [None]
     try:
         issuer = idp.stdout.readline().strip().removeprefix("READY ")
         idp_port = int(issuer.rsplit(":", 1)[1])
@@ -413,31 +471,45 @@ def run_filters(args, tmp, duration, rounds):
         cookie = subprocess.run([str(ROOT / "target/release/mint-session"), key, "sample", "__Host-portcullis", "staff"],
                                 check=True, capture_output=True, text=True).stdout.strip()
         time.sleep(0.3)
+        bench_issuer = f"http://127.0.0.1:{free_port()}"
+        bench_issuer_port = int(bench_issuer.rsplit(":", 1)[1])
+        _, jwks = signed_id_token(tmp)
+        issuer_envoy[0] = Envoy("bench issuer", issuer_config(bench_issuer, jwks, "none"), upstream_port, tmp,
+                                port=bench_issuer_port)
         expected = {}
-        for name, (text, headers, status) in scenarios(tmp, idp_port, issuer, cookie).items():
+        for name, (text, headers, status) in scenarios(tmp, idp_port, issuer, cookie, bench_issuer_port).items():
             envoys[name] = (Envoy(name, text, upstream_port, tmp), headers)
             expected[name] = status
+        # The callback scenario: one real sign-in start, then the token endpoint learns its nonce.
+        state, nonce, login_cookie = start_login(envoys[CALLBACK][0].port)
+        token, _ = signed_id_token(tmp, iss=bench_issuer, aud="portcullis-demo", nonce=nonce)
+        issuer_envoy[0].stop()
+        issuer_envoy[0] = Envoy("bench issuer", issuer_config(bench_issuer, jwks, token), upstream_port, tmp,
+                                port=bench_issuer_port)
+        envoys[CALLBACK] = (envoys[CALLBACK][0], [f"Cookie: {login_cookie}", "Accept: text/html"])
+        paths[CALLBACK] = f"/.auth/callback?code=bench-code&state={state}"
         # Every scenario must give its expected answer before it is measured: 200 with the
-        # app's 1 KiB body, or the sign-in redirect.
+        # app's 1 KiB body, the sign-in redirect, or (callback) the redirect back to "/".
         for name, (envoy, headers) in envoys.items():
-            check_scenario(name, envoy.port, headers, expected[name])
+            check_scenario(name, envoy.port, headers, expected[name], paths.get(name, "/1k"),
+                           "/" if name == CALLBACK else None)
         # The native oauth2 peer really checks its cookies: without them it redirects.
         oauth2_envoy, oauth2_headers = envoys["native oauth2+jwt_authn+rbac(20)"]
         check_scenario("native oauth2 peer without its cookies", oauth2_envoy.port,
                        [h for h in oauth2_headers if not h.startswith("Cookie:")], 302)
         print(f"warm-up ({len(envoys)} scenarios)…", flush=True)
         for name, (envoy, headers) in envoys.items():
-            run_wrk(envoy.port, headers, 1, args.connections)
+            run_wrk(envoy.port, headers, 1, args.connections, paths.get(name, "/1k"))
         runs = {name: [] for name in envoys}
         for r in range(rounds):
             order = list(envoys) if r % 2 == 0 else list(reversed(envoys))
             for name in order:
                 envoy, headers = envoys[name]
                 cpu0 = envoy.cpu_seconds()
-                res = run_wrk(envoy.port, headers, duration, args.connections)
+                res = run_wrk(envoy.port, headers, duration, args.connections, paths.get(name, "/1k"))
                 res["cpu_us_per_req"] = (envoy.cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
                 runs[name].append(res)
-                print(f"  round {r + 1}/{rounds} {name:>24}: {res['rps']:9.0f} req/s  p99 {res['p99_us']:8.0f} µs", flush=True)
+                print(f"  round {r + 1}/{rounds} {name:>34}: {res['rps']:9.0f} req/s  p99 {res['p99_us']:8.0f} µs", flush=True)
         fixed = {name: [] for name in FIXED_RATE_SCENARIOS}
         if shutil.which(str(LOADGEN)) is None:
             raise SystemExit(f"{LOADGEN} is missing: run `make bench` (it builds it)")
@@ -457,6 +529,8 @@ def run_filters(args, tmp, duration, rounds):
     finally:
         for envoy, _ in envoys.values():
             envoy.stop()
+        if issuer_envoy[0]:
+            issuer_envoy[0].stop()
         app.terminate()
         idp.terminate()
 
