@@ -555,6 +555,33 @@ def run_filters(args, tmp, duration, rounds):
     return {"results": results, "fixed_rate": fixed_results}, failed
 
 
+def check_configs():
+    """Validates every Envoy config the benchmarks generate with `envoy --mode validate`
+    (`make test` runs this, so the benchmarks cannot rot unnoticed)."""
+    import bench_tunnel
+    tmp = tempfile.mkdtemp(prefix="portcullis-bench-check-")
+    _, jwks = signed_id_token(tmp)
+    configs = {name: text for name, (text, _, _) in
+               scenarios(tmp, 9000, "http://127.0.0.1:9000", "__Host-portcullis=x", 9010).items()}
+    configs["bench issuer"] = issuer_config("http://127.0.0.1:9010", jwks, "x.y.z")
+    me = sys.modules[__name__]
+    configs["tunnel: direct or rathole"] = bench_tunnel.router_config(me)
+    configs["tunnel: edge"] = bench_tunnel.router_config(me, h2=True, app_header="sample")
+    failed = []
+    for name, text in configs.items():
+        path = Path(tmp) / (re.sub(r"[^a-z0-9]+", "-", name) + ".yaml")
+        path.write_text(text)
+        r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"], cwd=ROOT,
+                           capture_output=True, text=True)
+        print(f"  {'ok  ' if r.returncode == 0 else 'FAIL'} {name}")
+        if r.returncode != 0:
+            failed.append(f"{name}:\n{r.stdout}{r.stderr}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        raise SystemExit("benchmark configs that Envoy refuses:\n" + "\n".join(failed))
+    print(f"all {len(configs)} benchmark configs validate")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (about 1 minute in all)")
@@ -565,7 +592,11 @@ def main():
     ap.add_argument("--only", choices=["filters", "tunnel"], help="run one part only")
     ap.add_argument("--bulk-mib", type=int, default=100, help="tunnel bulk transfer size")
     ap.add_argument("--streams", type=int, default=1000, help="concurrent streams for the connector's memory")
+    ap.add_argument("--check-configs", action="store_true",
+                    help="only validate every generated Envoy config (envoy --mode validate) and exit")
     args = ap.parse_args()
+    if args.check_configs:
+        return check_configs()
     started = time.time()
     duration = args.duration or (2 if args.quick else 8)
     rounds = args.rounds or (2 if args.quick else 3)

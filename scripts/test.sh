@@ -19,6 +19,8 @@ for dir in tests/idp tests/browser; do
     (cd "$dir" && npm test --silent)
   fi
 done
+echo "[test] every Envoy config the benchmarks generate validates (scripts/bench.py --check-configs)"
+scripts/bench.py --check-configs
 echo "[test] container and mesh deployment, offline (scripts/check-deploy.sh)"
 scripts/check-deploy.sh
 echo "[test] docker-compose.yml rehearsed without an engine (docker/rehearse.sh)"
