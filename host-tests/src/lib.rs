@@ -300,6 +300,16 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// Delivers a new plugin configuration to the running root context, as
+    /// Envoy does on a configuration update; returns what `on_configure` returned.
+    pub fn reconfigure(&mut self, config: impl AsRef<[u8]>) -> Result<bool> {
+        self.store.data_mut().plugin_config = config.as_ref().to_vec();
+        let len = self.store.data().plugin_config.len() as i32;
+        let ok = self.call::<(i32, i32), i32>("proxy_on_configure", 1, (1, len))? != 0;
+        self.configured = ok;
+        Ok(ok)
+    }
+
     /// Whether `on_vm_start` and `on_configure` both returned true.
     pub fn configured(&self) -> bool {
         self.configured

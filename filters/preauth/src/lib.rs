@@ -13,6 +13,7 @@
 use portcullis_core::denial::Denial;
 use portcullis_core::oidc::config::{Endpoints, PreauthConfig, ProviderMetadata};
 use portcullis_core::oidc::jwks::{parse_discovery, KeySet};
+use portcullis_core::oidc::session::SessionCache;
 use portcullis_core::oidc::{
     self, finish_login, finish_login_denial, handoff, Decision, HttpCall, LoginOutcome, Needs,
     PendingLogin, Provider, RequestView, Response,
@@ -133,6 +134,9 @@ struct Vm {
     exchanges: HashMap<u32, Exchange>,
     waiters: Vec<Waiter>,
     ticks: u64,
+    /// Sessions this worker opened recently; a new configuration gets a new,
+    /// empty cache (see `SessionCache`).
+    sessions: RefCell<SessionCache>,
 }
 
 impl Vm {
@@ -157,6 +161,7 @@ impl Vm {
             exchanges: HashMap::new(),
             waiters: Vec::new(),
             ticks: 0,
+            sessions: RefCell::new(SessionCache::default()),
         }
     }
 
@@ -666,6 +671,7 @@ fn decide(vm_rc: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool, timed_out: bo
             provider,
             now_ms() / 1000,
             &mut random,
+            &mut vm.sessions.borrow_mut(),
         );
         (d, app)
     };

@@ -243,7 +243,8 @@ fn deny_json(denial: Denial, req: &RequestView<'_>) -> Decision {
 }
 
 /// Decides a request (see [`Decision`]). `random` fills buffers with fresh
-/// random bytes.
+/// random bytes; `sessions` holds the sessions this worker opened recently
+/// (one cache per configuration: see [`session::SessionCache`]).
 pub fn on_request(
     config: &PreauthConfig,
     owned: &[String],
@@ -251,6 +252,7 @@ pub fn on_request(
     provider: Provider<'_>,
     now: u64,
     random: &mut dyn FnMut(&mut [u8]),
+    sessions: &mut session::SessionCache,
 ) -> Decision {
     let remove = headers_to_strip(owned, req.headers);
     let Some(app_index) = config.app_for_host(req.host) else {
@@ -288,7 +290,7 @@ pub fn on_request(
         CALLBACK_PATH => return callback(app_index, app, settings, req, provider, now),
         LOGOUT_PATH => return logout(settings, req, provider),
         ME_PATH => {
-            return match session::session_from_headers(app, settings, req.headers, now) {
+            return match session::session_from_headers(app, settings, req.headers, now, sessions) {
                 Some(Ok(id)) => Decision::Respond {
                     response: Response {
                         status: 200,
@@ -317,7 +319,7 @@ pub fn on_request(
             req,
         );
     }
-    let session = session::session_from_headers(app, settings, req.headers, now);
+    let session = session::session_from_headers(app, settings, req.headers, now, sessions);
     let continue_with = |id: Identity, remove: Vec<String>| Decision::Continue {
         add: session::identity_headers(settings, &id),
         remove,

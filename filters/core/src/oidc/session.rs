@@ -6,6 +6,7 @@ use super::token::ValidatedToken;
 use crate::identity::Identity;
 use crate::seal::{OpenError, SealError, Sealer, NONCE_LEN};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Longest value kept for a single string claim, bytes.
@@ -284,13 +285,85 @@ pub fn cookie_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a
         .collect()
 }
 
+/// Sessions a worker opened recently, so that a request carrying the same
+/// session cookie again skips base64, AES-256-GCM and identity decoding.
+///
+/// - The key is SHA-256 over the app id and the exact cookie value. A value
+///   differing in any byte, or presented to another app, misses and is opened
+///   (and refused) in full; nothing but a value that opened before can hit.
+/// - The expiry is checked on every hit against the caller's clock, exactly as
+///   [`open_session`] checks it.
+/// - It is bounded ([`SessionCache::CAPACITY`] entries, replaced round-robin)
+///   and belongs to one configuration: the filter makes a new one whenever it
+///   is configured, so a sealing key taken out of the configuration stops
+///   opening cookies at once.
+/// - Lookups compare digests of attacker-chosen input, not secrets, so their
+///   timing tells nothing about other users' cookies.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    entries: Vec<([u8; 32], Identity)>,
+    next: usize,
+    hits: u64,
+}
+
+impl SessionCache {
+    /// Most sessions kept (an identity is bounded by the cookie size limit,
+    /// so a full cache holds well under 1 MiB).
+    pub const CAPACITY: usize = 128;
+
+    fn key(app_id: &str, value: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((app_id.len() as u64).to_be_bytes());
+        h.update(app_id.as_bytes());
+        h.update(value.as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Identity> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        if now >= self.entries[i].1.exp {
+            self.entries.swap_remove(i);
+            return None;
+        }
+        self.hits += 1;
+        Some(self.entries[i].1.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], identity: Identity) {
+        if self.entries.len() < Self::CAPACITY {
+            self.entries.push((key, identity));
+        } else {
+            let slot = self.next % Self::CAPACITY;
+            self.entries[slot] = (key, identity);
+            self.next = slot + 1;
+        }
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Requests answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+}
+
 /// Opens the app's session from the request's cookies: the first cookie of
-/// the configured name that opens wins; otherwise the "worst" error.
+/// the configured name that opens wins; otherwise the "worst" error. A value
+/// that opened before (and has not expired) comes from `cache`.
 pub fn session_from_headers(
     app: &AppConfig,
     settings: &OidcSettings,
     headers: &[(String, String)],
     now: u64,
+    cache: &mut SessionCache,
 ) -> Option<Result<Identity, SessionError>> {
     let values = cookie_values(headers, &settings.cookie.name);
     if values.is_empty() {
@@ -298,8 +371,15 @@ pub fn session_from_headers(
     }
     let mut err = SessionError::Invalid;
     for v in values {
+        let key = SessionCache::key(&app.id, v);
+        if let Some(id) = cache.get(&key, now) {
+            return Some(Ok(id));
+        }
         match open_session(&settings.sealer, &settings.cookie.name, &app.id, v, now) {
-            Ok(id) => return Some(Ok(id)),
+            Ok(id) => {
+                cache.insert(key, id.clone());
+                return Some(Ok(id));
+            }
             Err(SessionError::Expired) => err = SessionError::Expired,
             Err(SessionError::Invalid) => {}
         }
@@ -386,6 +466,75 @@ mod tests {
         );
     }
 
+    fn cookie_header(s: &OidcSettings, v: &str) -> Vec<(String, String)> {
+        vec![("cookie".to_string(), format!("{}={v}", s.cookie.name))]
+    }
+
+    #[test]
+    fn cached_sessions_hit_only_the_same_value_for_the_same_app_and_still_expire() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let id = alice(2);
+        let v = seal_session(&app.id, s, &id, [3; 12]).unwrap();
+        let cache = &mut SessionCache::default();
+        let get = |v: &str, now, cache: &mut SessionCache| {
+            session_from_headers(&app, s, &cookie_header(s, v), now, cache).unwrap()
+        };
+        assert_eq!(get(&v, id.iat, cache), Ok(id.clone()));
+        assert_eq!((cache.len(), cache.hits()), (1, 0));
+        assert_eq!(get(&v, id.iat + 1, cache), Ok(id.clone()));
+        assert_eq!(cache.hits(), 1);
+        // Any change to the value misses and is opened (and refused) in full.
+        let mut tampered = v.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(get(&tampered, id.iat, cache), Err(SessionError::Invalid));
+        assert_eq!(
+            get(&v[..v.len() - 1], id.iat, cache),
+            Err(SessionError::Invalid)
+        );
+        assert_eq!(cache.hits(), 1);
+        // The same value for another app never hits the first app's entry.
+        let mut other = app.clone();
+        other.id = "other-app".into();
+        assert_eq!(
+            session_from_headers(&other, s, &cookie_header(s, &v), id.iat, cache).unwrap(),
+            Err(SessionError::Invalid)
+        );
+        assert_eq!(cache.hits(), 1);
+        // Expiry is checked on every hit, and an expired entry leaves the cache.
+        assert_eq!(get(&v, id.exp, cache), Err(SessionError::Expired));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_session_cache_is_bounded() {
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let cache = &mut SessionCache::default();
+        let first = seal_session(&app.id, s, &alice(0), [0; 12]).unwrap();
+        for i in 0..(SessionCache::CAPACITY + 10) {
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let v = seal_session(&app.id, s, &alice(0), nonce).unwrap();
+            assert!(
+                session_from_headers(&app, s, &cookie_header(s, &v), 1_800_000_000, cache)
+                    .unwrap()
+                    .is_ok()
+            );
+        }
+        assert_eq!(cache.len(), SessionCache::CAPACITY);
+        // The oldest entries were replaced: the first value opens again, in full.
+        let hits = cache.hits();
+        assert!(
+            session_from_headers(&app, s, &cookie_header(s, &first), 1_800_000_000, cache)
+                .unwrap()
+                .is_ok()
+        );
+        assert_eq!(cache.hits(), hits);
+    }
+
     #[test]
     fn session_expiry_and_tamper() {
         let app = app();
@@ -408,16 +557,17 @@ mod tests {
             ),
             ("cookie".to_string(), format!("{}={v}", s.cookie.name)),
         ];
+        let cache = &mut SessionCache::default();
         assert_eq!(
-            session_from_headers(&app, s, &headers, id.iat)
+            session_from_headers(&app, s, &headers, id.iat, cache)
                 .unwrap()
                 .unwrap(),
             id
         );
-        assert!(session_from_headers(&app, s, &[], id.iat).is_none());
+        assert!(session_from_headers(&app, s, &[], id.iat, cache).is_none());
         let bad = vec![("cookie".to_string(), format!("{}=garbage", s.cookie.name))];
         assert_eq!(
-            session_from_headers(&app, s, &bad, id.iat).unwrap(),
+            session_from_headers(&app, s, &bad, id.iat, cache).unwrap(),
             Err(SessionError::Invalid)
         );
     }

@@ -89,6 +89,7 @@ impl World {
             self.provider(),
             NOW,
             &mut counter(),
+            &mut session::SessionCache::default(),
         )
     }
 }
@@ -375,6 +376,7 @@ fn expired_login_state_is_refused() {
         w.provider(),
         NOW + 601,
         &mut counter(),
+        &mut session::SessionCache::default(),
     );
     assert!(String::from_utf8_lossy(&respond(d).body).contains("state_missing"));
 }
@@ -545,6 +547,7 @@ fn waits_for_provider_state() {
         Provider::default(),
         NOW,
         &mut counter(),
+        &mut session::SessionCache::default(),
     );
     assert_eq!(d, Decision::Wait(Needs::Metadata));
 }
