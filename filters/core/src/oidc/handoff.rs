@@ -62,17 +62,22 @@ pub fn encode(app_id: &str, identity: &Identity) -> Vec<u8> {
     serde_json::to_vec(&h).unwrap_or_default()
 }
 
-/// Decodes a value read with `get_property`.
+/// Decodes a value read with `get_property`. The whole value is parsed once;
+/// only when that fails is the version read, to tell an unknown version from
+/// a malformed value.
 pub fn decode(bytes: &[u8]) -> Result<Handoff, HandoffError> {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
     }
-    let v: Version = serde_json::from_slice(bytes).map_err(|_| HandoffError::Malformed)?;
-    if v.v != HANDOFF_VERSION {
-        return Err(HandoffError::UnknownVersion);
+    match serde_json::from_slice::<Handoff>(bytes) {
+        Ok(h) if h.v == HANDOFF_VERSION => Ok(h),
+        Ok(_) => Err(HandoffError::UnknownVersion),
+        Err(_) => match serde_json::from_slice::<Version>(bytes) {
+            Ok(v) if v.v != HANDOFF_VERSION => Err(HandoffError::UnknownVersion),
+            _ => Err(HandoffError::Malformed),
+        },
     }
-    serde_json::from_slice(bytes).map_err(|_| HandoffError::Malformed)
 }
 
 #[cfg(test)]
@@ -109,6 +114,20 @@ mod tests {
         assert_eq!(
             decode(br#"{"v":1,"app":"a"}"#),
             Err(HandoffError::Malformed)
+        );
+        // A well-formed value of another version is refused too.
+        let mut other = serde_json::from_slice::<serde_json::Value>(&encode(
+            "a",
+            &Identity {
+                sub: "s".into(),
+                ..Identity::default()
+            },
+        ))
+        .unwrap();
+        other["v"] = 3.into();
+        assert_eq!(
+            decode(&serde_json::to_vec(&other).unwrap()),
+            Err(HandoffError::UnknownVersion)
         );
     }
 }
