@@ -9,28 +9,15 @@
 
 use portcullis_core::identity::Identity;
 use portcullis_core::policy::log::decision_log;
-use portcullis_core::policy::{evaluate, Decision, PolicyConfig, Request};
+use portcullis_core::policy::{evaluate, Decision};
 use std::hint::black_box;
 use std::time::Instant;
 
+mod common;
+
 fn main() {
-    let mut policies = Vec::new();
-    for i in 0..20 {
-        policies.push(format!(
-            r#"{{"name": "p{i}", "apps": ["hr"],
-                "assignments": {{"include": {{"groups": ["staff", "g{i}"]}}, "exclude": {{"users": ["x{i}"]}}}},
-                "conditions": {{"paths": ["/app{i}", "/"], "methods": ["GET", "POST"],
-                                "locations": {{"include": ["all"], "exclude": ["office"]}}}},
-                "grant": {{"require": "one", "mfa": true, "claims": {{"device": "ok"}}}},
-                "session": {{"sign_in_frequency": 86400}}}}"#
-        ));
-    }
-    let json = format!(
-        r#"{{"named_locations": {{"office": {{"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}}}, "policies": [{}]}}"#,
-        policies.join(",")
-    );
-    let config = PolicyConfig::from_json(json.as_bytes()).unwrap();
-    let now = 1_800_000_000;
+    let config = common::twenty_policies();
+    let now = common::NOW;
     let id = Identity {
         sub: "alice".into(),
         groups: vec!["staff".into()],
@@ -40,18 +27,7 @@ fn main() {
         exp: now + 3600,
         ..Identity::default()
     };
-    let req = Request {
-        app: "hr",
-        identity: Some(&id),
-        client: Some("198.51.100.7".parse().unwrap()),
-        country: None,
-        method: "GET",
-        path: "/app3/x",
-        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"),
-        browser: true,
-        now,
-        marker: None,
-    };
+    let req = common::request(&id);
     assert_eq!(evaluate(&config, &req).decision, Decision::Allow);
     let n = 200_000u32;
     for _ in 0..10_000 {

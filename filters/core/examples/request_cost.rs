@@ -13,31 +13,18 @@
 use portcullis_core::identity::Identity;
 use portcullis_core::oidc::session::{encode_identity, open_session};
 use portcullis_core::policy::log::decision_log;
-use portcullis_core::policy::{evaluate, Decision, PolicyConfig, Request};
+use portcullis_core::policy::{evaluate, Decision};
 use portcullis_core::seal::Sealer;
 use std::hint::black_box;
+
+mod common;
 
 fn main() {
     let n: u32 = std::env::args()
         .nth(1)
         .map_or(1000, |a| a.parse().expect("N"));
-    let mut policies = Vec::new();
-    for i in 0..20 {
-        policies.push(format!(
-            r#"{{"name": "p{i}", "apps": ["hr"],
-                "assignments": {{"include": {{"groups": ["staff", "g{i}"]}}, "exclude": {{"users": ["x{i}"]}}}},
-                "conditions": {{"paths": ["/app{i}", "/"], "methods": ["GET", "POST"],
-                                "locations": {{"include": ["all"], "exclude": ["office"]}}}},
-                "grant": {{"require": "one", "mfa": true, "claims": {{"device": "ok"}}}},
-                "session": {{"sign_in_frequency": 86400}}}}"#
-        ));
-    }
-    let json = format!(
-        r#"{{"named_locations": {{"office": {{"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}}}, "policies": [{}]}}"#,
-        policies.join(",")
-    );
-    let config = PolicyConfig::from_json(json.as_bytes()).unwrap();
-    let now = 1_800_000_000;
+    let config = common::twenty_policies();
+    let now = common::NOW;
     let sealer = Sealer::new(&[[7u8; 32]]).unwrap();
     let identity = Identity {
         sub: "u-1234567890".into(),
@@ -69,18 +56,7 @@ fn main() {
             now,
         )
         .unwrap();
-        let req = Request {
-            app: "hr",
-            identity: Some(&id),
-            client: Some("198.51.100.7".parse().unwrap()),
-            country: None,
-            method: "GET",
-            path: "/app3/x",
-            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"),
-            browser: true,
-            now,
-            marker: None,
-        };
+        let req = common::request(&id);
         let e = evaluate(black_box(&config), black_box(&req));
         assert_eq!(e.decision, Decision::Allow);
         checksum = checksum.wrapping_add(decision_log(&e, &req, "rid").len());

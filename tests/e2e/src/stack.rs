@@ -434,3 +434,18 @@ impl Stack {
         self.edge.child.id()
     }
 }
+
+/// Blocks until Ctrl-C or SIGTERM (for the binaries that run a stack in the foreground).
+pub fn wait_for_shutdown() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}

@@ -48,17 +48,7 @@ Press Ctrl-C to stop."#,
         admin = p.envoy_admin,
         metrics = p.edge_metrics,
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
+    portcullis_e2e::stack::wait_for_shutdown()?;
     println!("\n[demo] stopping…");
     drop(stack);
     println!("[demo] stopped");

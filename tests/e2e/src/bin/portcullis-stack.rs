@@ -33,17 +33,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(out, "{line}")?;
     out.flush()?;
     drop(out);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
+    portcullis_e2e::stack::wait_for_shutdown()?;
     drop(stack);
     Ok(())
 }
