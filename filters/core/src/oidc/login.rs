@@ -90,6 +90,36 @@ pub fn state_cookie_name(session_cookie: &str, state: &str) -> String {
     )
 }
 
+/// Most sign-ins a browser may have in flight at once (one login-state cookie
+/// each, for tabs that sign in in parallel). A sign-in that finds this many
+/// already clears them all: each is about 300 bytes in every request, and
+/// without a bound a page that keeps starting sign-ins could push the browser
+/// past its cookie limits (evicting the session) or the request past Envoy's
+/// header limit.
+pub const MAX_PENDING_LOGINS: usize = 4;
+
+/// The distinct login-state cookie names (see [`state_cookie_name`]) in the
+/// request's `Cookie` headers.
+pub fn pending_login_cookies(headers: &[(String, String)], session_cookie: &str) -> Vec<String> {
+    let prefix = format!("{session_cookie}-login-");
+    let mut names: Vec<String> = Vec::new();
+    for (_, value) in headers
+        .iter()
+        .filter(|(h, _)| h.eq_ignore_ascii_case("cookie"))
+    {
+        for pair in value.split(';') {
+            let name = pair.split('=').next().unwrap_or("").trim();
+            if name.len() == prefix.len() + 8
+                && name.starts_with(&prefix)
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// The authorization URL the browser is sent to.
 pub fn authorization_url(
     settings: &OidcSettings,

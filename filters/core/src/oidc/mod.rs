@@ -468,6 +468,15 @@ fn start_login(
             Some(config::LOGIN_STATE_TTL_SECS),
         ),
     ));
+    let pending = login::pending_login_cookies(req.headers, &settings.cookie.name);
+    if pending.len() >= login::MAX_PENDING_LOGINS {
+        for name in pending {
+            response.headers.push((
+                "set-cookie".into(),
+                session::clear_cookie(&settings.cookie, &name),
+            ));
+        }
+    }
     Decision::Respond {
         response,
         refetch_keys: false,

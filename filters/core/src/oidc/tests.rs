@@ -257,6 +257,48 @@ fn navigation_redirects_and_api_calls_get_401_json() {
 }
 
 #[test]
+fn pending_sign_ins_are_bounded() {
+    let w = World::new();
+    let mut jar: Vec<String> = Vec::new();
+    for _ in 0..login::MAX_PENDING_LOGINS {
+        let cookies = jar.join("; ");
+        let r = respond(w.request("hr.localhost", "/x", &h(&[HTML, ("cookie", &cookies)])));
+        let sc = set_cookies(&r);
+        assert_eq!(sc.len(), 1, "below the bound only the new cookie: {sc:?}");
+        jar.push(cookie_pair(&sc[0]));
+    }
+    // The next sign-in sets its own cookie and clears every pending one, and
+    // nothing else: not the session cookie, not the app's cookies, not a name
+    // that only looks similar.
+    let cookies = format!(
+        "{}; __Host-portcullis=abc; __Host-portcullis-login-x=1; app=1",
+        jar.join("; ")
+    );
+    let r = respond(w.request("hr.localhost", "/x", &h(&[HTML, ("cookie", &cookies)])));
+    assert_eq!(r.status, 302);
+    let sc = set_cookies(&r);
+    assert_eq!(sc.len(), login::MAX_PENDING_LOGINS + 1, "{sc:?}");
+    assert!(sc[0].contains("Max-Age=600"));
+    let new_name = sc[0].split('=').next().unwrap();
+    assert!(!jar.iter().any(|c| c.starts_with(&format!("{new_name}="))));
+    for pending in &jar {
+        let name = pending.split('=').next().unwrap();
+        assert!(
+            sc[1..]
+                .iter()
+                .any(|c| c.starts_with(&format!("{name}=")) && c.contains("Max-Age=0")),
+            "{name} not cleared: {sc:?}"
+        );
+    }
+    // The same cookie twice counts once.
+    let twice = format!("{}; {}", jar[0], jar[0]);
+    assert_eq!(
+        login::pending_login_cookies(&h(&[("cookie", &twice)]), "__Host-portcullis").len(),
+        1
+    );
+}
+
+#[test]
 fn original_url_is_kept_only_when_safe() {
     let w = World::new();
     let (d, _, _) = login_and_callback(&w, "/a/b?c=d");
