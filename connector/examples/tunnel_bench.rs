@@ -37,14 +37,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> u64 {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    portcullis_e2e::query_u64(req.uri().query(), key)
 }
 
 async fn app(req: Request<Incoming>) -> Response<BoxBody> {

@@ -215,14 +215,7 @@ pub async fn wait_tunnels(edge: &Edge, n: usize) {
 // ------------------------------------------------------------ sample backend
 
 fn query_u64(req: &Request<Incoming>, key: &str) -> u64 {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    portcullis_e2e::query_u64(req.uri().query(), key)
 }
 
 /// A stream of `n` bytes in 64 KiB chunks (pattern byte = offset % 251).

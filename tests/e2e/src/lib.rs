@@ -17,6 +17,17 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// The value of `key` in a query string, as a number (0 when absent or not a number).
+pub fn query_u64(query: Option<&str>, key: &str) -> u64 {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// First and one-past-last port [`free_port`] hands out: below Linux's
 /// ephemeral range (32768–60999), so a port picked here is never given to a
 /// socket that binds port 0 or connects out between the pick and the server

@@ -134,7 +134,7 @@ async fn handle(
         "/1k" => respond("text/plain", "x".repeat(1023) + "\n"),
         "/upload" => respond("text/plain", format!("{received}\n")),
         "/bytes" => {
-            let n = query_u64(parts.uri.query(), "n").min(MAX_BYTES);
+            let n = crate::query_u64(parts.uri.query(), "n").min(MAX_BYTES);
             let mut r = Response::new(Repeat::new(n).boxed());
             r.headers_mut().insert(
                 "content-type",
@@ -145,7 +145,7 @@ async fn handle(
             r
         }
         "/slow" => {
-            let ms = query_u64(parts.uri.query(), "ms").min(MAX_SLOW_MS);
+            let ms = crate::query_u64(parts.uri.query(), "ms").min(MAX_SLOW_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             respond("text/plain", "ok\n")
         }
@@ -225,17 +225,6 @@ async fn handle(
     response
 }
 
-/// The value of `key` in a query string, as a number (0 when absent or not a number).
-fn query_u64(query: Option<&str>, key: &str) -> u64 {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A body of `left` bytes sent in 64 KiB frames of one shared buffer.
 struct Repeat {
     left: u64,
@@ -306,8 +295,8 @@ mod tests {
         let r = http_request(&addr, "GET", "/slow?ms=50", &[], b"").unwrap();
         assert_eq!(r.text().trim(), "ok");
         assert!(started.elapsed() >= Duration::from_millis(50));
-        assert_eq!(query_u64(Some("n=5&ms=x"), "ms"), 0);
-        assert_eq!(query_u64(Some("a=1&n=5"), "n"), 5);
+        assert_eq!(crate::query_u64(Some("n=5&ms=x"), "ms"), 0);
+        assert_eq!(crate::query_u64(Some("a=1&n=5"), "n"), 5);
     }
 
     #[test]
