@@ -70,6 +70,12 @@ def free_port():
     raise SystemExit("no free port in 20000-32000")
 
 
+def cpu_seconds(pid):
+    """utime + stime of process `pid`, in seconds (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def replace_port(text, old, new):
     pattern = re.compile(rf"port_value: {old}\b")
     if not pattern.search(text):
@@ -353,8 +359,7 @@ class Envoy:
         raise SystemExit(f"Envoy for {name} not ready")
 
     def cpu_seconds(self):
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)

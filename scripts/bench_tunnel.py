@@ -38,11 +38,6 @@ def rathole_bin(root):
     return path
 
 
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -253,9 +248,9 @@ def run(b, tmp, duration, rounds, connections, bulk_mib, streams):
             for name in order:
                 envoy, pids = envoys[name]
                 all_pids = [envoy.proc.pid] + pids
-                cpu0 = sum(cpu_seconds(p) for p in all_pids)
+                cpu0 = sum(b.cpu_seconds(p) for p in all_pids)
                 res = b.run_wrk(envoy.port, [], duration, connections)
-                res["cpu_us_per_req"] = (sum(cpu_seconds(p) for p in all_pids) - cpu0) * 1e6 / max(res["requests"], 1)
+                res["cpu_us_per_req"] = (sum(b.cpu_seconds(p) for p in all_pids) - cpu0) * 1e6 / max(res["requests"], 1)
                 small[name].append(res)
                 print(f"  round {r + 1}/{rounds} tunnel {name:>8}: {res['rps']:9.0f} req/s  p99 {res['p99_us']:8.0f} µs"
                       f"  path CPU {res['cpu_us_per_req']:6.1f} µs/req", flush=True)

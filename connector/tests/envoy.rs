@@ -22,16 +22,9 @@ fn free_port() -> u16 {
     portcullis_e2e::free_port().unwrap()
 }
 
+/// `$ENVOY_BIN` or the project's virtualenv (the same lookup as the end-to-end tests).
 fn envoy_bin() -> PathBuf {
-    let path = PathBuf::from(
-        std::env::var("ENVOY_BIN").unwrap_or_else(|_| "/work/main/.tools/venv/bin/envoy".into()),
-    );
-    assert!(
-        path.exists(),
-        "Envoy not found at {} (set ENVOY_BIN, or run `make test` / scripts/setup.sh to install it)",
-        path.display()
-    );
-    path
+    portcullis_e2e::envoy::envoy_bin().unwrap()
 }
 
 fn bootstrap(listen: u16, admin: u16, edge: std::net::SocketAddr) -> String {
