@@ -12,7 +12,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use jwt_simple::prelude::*;
-use portcullis_host_tests::{Action, Filter, HttpCall, Plugin, SharedData};
+use portcullis_host_tests::{header_values, Action, Filter, HttpCall, Plugin, SharedData};
 use std::sync::OnceLock;
 use std::time::Duration as StdDuration;
 
@@ -524,4 +524,148 @@ fn request_cost_stays_within_its_budget() {
         with_session <= BUDGET_SESSION,
         "{with_session} > {BUDGET_SESSION}"
     );
+}
+
+/// A request whose route names `route_app` (route metadata `portcullis.app`),
+/// from downstream address `source`.
+fn routed(
+    p: &mut Plugin,
+    route_app: Option<&str>,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u32, Action) {
+    let s = p.new_stream().unwrap();
+    if let Some(app) = route_app {
+        p.set_route_app(s, app).unwrap();
+    }
+    p.set_stream_property(s, "source.address", "198.51.100.20:40000")
+        .unwrap();
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", host),
+        (":scheme", "https"),
+        ("x-request-id", "rid-7"),
+    ];
+    h.extend_from_slice(extra);
+    let a = p.request_headers(s, &h, true).unwrap();
+    (s, a)
+}
+
+/// Issue 12, point 2, on the real module: the app comes from the route, and a
+/// Host spelling Envoy routed elsewhere never carries `hr`'s session along.
+#[test]
+fn the_route_chooses_the_app_not_a_host_spelling() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    let json = ("accept", "application/json");
+    // Without route metadata the Host decides, exactly: a trailing dot Envoy
+    // left is no app (the old module stripped every dot and accepted the session).
+    for host in [
+        "hr.localhost.",
+        "hr.localhost.:10000",
+        "HR.localhost..:10000",
+    ] {
+        let (s, a) = routed(&mut p, None, host, "/x", &[json, ("cookie", &session)]);
+        assert_eq!(a, Action::Pause, "{host}");
+        let r = p.local_response(s).unwrap();
+        assert_eq!(r.status, 404, "{host}");
+        assert!(r.body_text().contains("unknown_host"), "{host}");
+        assert!(p
+            .stream(s)
+            .filter_state
+            .get("portcullis_identity")
+            .is_none());
+    }
+    // Routed to the passthrough app, hr's session is nobody's identity.
+    let (s, a) = routed(
+        &mut p,
+        Some("open"),
+        "hr.localhost",
+        "/x",
+        &[json, ("cookie", &session), ("x-forwarded-user", "mallory")],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(p.request_header(s, "x-forwarded-user"), None);
+    assert!(p
+        .stream(s)
+        .filter_state
+        .get("portcullis_identity")
+        .is_none());
+    // Routed to hr, the session opens whatever the Host says, and is handed on as hr's.
+    let (s, a) = routed(
+        &mut p,
+        Some("hr"),
+        "hr.localhost.",
+        "/x",
+        &[json, ("cookie", &session)],
+    );
+    assert_eq!(a, Action::Continue);
+    let v: serde_json::Value =
+        serde_json::from_slice(&p.stream(s).filter_state.get("portcullis_identity").unwrap())
+            .unwrap();
+    assert_eq!(v["app"], "hr");
+    // A route naming an app this filter does not know is refused, not passed.
+    let (s, a) = routed(
+        &mut p,
+        Some("h-r"),
+        "hr.localhost",
+        "/x",
+        &[json, ("cookie", &session)],
+    );
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("route_app_unknown"));
+    assert!(p
+        .log_messages()
+        .iter()
+        .any(|m| m.contains("route_app_unknown") && m.contains("`h-r`")));
+}
+
+/// Issue 12, point 5, on the real module: client copies of the headers
+/// backends trust about the client are dropped; X-Forwarded-Host and
+/// X-Real-IP are what Envoy saw.
+#[test]
+fn forwarded_headers_are_what_envoy_saw() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    let spoof = [
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("forwarded", "for=1.2.3.4;host=evil.example;proto=https"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X_Original_URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+    ];
+    for (route, path, cookie) in [
+        (Some("hr"), "/x", session.as_str()),
+        (Some("hr"), "/public/x", ""),
+        (Some("open"), "/x", ""),
+        (None, "/x", session.as_str()),
+    ] {
+        let mut extra = spoof.to_vec();
+        extra.push(("cookie", cookie));
+        let (s, a) = routed(&mut p, route, "hr.localhost:10443", path, &extra);
+        assert_eq!(a, Action::Continue, "{route:?} {path}");
+        for (name, _) in &spoof[2..] {
+            assert_eq!(p.request_header(s, name), None, "{name}");
+        }
+        assert_eq!(
+            p.request_header(s, "x-forwarded-host").as_deref(),
+            Some("hr.localhost:10443")
+        );
+        assert_eq!(
+            p.request_header(s, "x-real-ip").as_deref(),
+            Some("198.51.100.20")
+        );
+        assert_eq!(
+            header_values(&p.stream(s).request_headers, "x-forwarded-host").len(),
+            1
+        );
+    }
 }
