@@ -489,17 +489,19 @@ fn a_removed_sealing_key_stops_even_a_cached_session() {
 /// Deterministic per-request cost in the test host (wasm fuel, about one unit
 /// per wasm instruction; the same on any machine for the same module), with
 /// budgets so that a regression fails here even when wall-clock benchmarks are
-/// too noisy to show it. Measured 2026-11-22: 34,554 fuel without a session
-/// (unauthenticated path), 110,533 with a session cookie (the first request
+/// too noisy to show it. Measured 2026-12-01: 43,038 fuel without a session
+/// (unauthenticated path), 120,305 with a session cookie (the first request
 /// opens the AES-256-GCM cookie and decodes the identity, at about 206,000;
 /// the other 49 find it in the worker's session cache; all strip and add
-/// identity headers and hand the identity over). The budgets allow 25% above
-/// that. Print the figures with
+/// identity headers and hand the identity over). Reading the route's app and
+/// Envoy's downstream address and setting X-Forwarded-Host and X-Real-IP
+/// (issue 12) added about 8,500 and 9,800 to the 34,554 and 110,533 of
+/// 2026-11-22: four host calls. The budgets allow 25% above that. Print the figures with
 /// `cargo test --release -p portcullis-preauth --test host request_cost -- --nocapture`.
 #[test]
 fn request_cost_stays_within_its_budget() {
-    const BUDGET_PUBLIC: u64 = 43_000;
-    const BUDGET_SESSION: u64 = 138_000;
+    const BUDGET_PUBLIC: u64 = 54_000;
+    const BUDGET_SESSION: u64 = 150_000;
     let mut p = ready();
     let session = sign_in(&mut p, "/");
     let n = 50u32;
