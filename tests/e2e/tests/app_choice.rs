@@ -215,6 +215,7 @@ fn every_host_spelling_is_judged_as_the_app_it_is_routed_to() {
     let stack = Stack::start(StackOptions {
         ports: Ports::free().unwrap(),
         state_dir: None,
+        insecure_edge_tcp: None,
         extra_hosts: Vec::new(),
     })
     .unwrap();
@@ -387,6 +388,7 @@ fn the_app_learns_about_the_client_what_envoy_saw() {
     let stack = Stack::start(StackOptions {
         ports: Ports::free().unwrap(),
         state_dir: None,
+        insecure_edge_tcp: None,
         extra_hosts: Vec::new(),
     })
     .unwrap();
