@@ -10,12 +10,14 @@
 //! 1. **Envoy's normal form.** [`normalize`] does to the path exactly what
 //!    Envoy's HTTP connection manager does with `normalize_path: true`,
 //!    `merge_slashes: true` and `path_with_escaped_slashes_action:
-//!    KEEP_UNCHANGED` (RFC 3986 normalisation by Chromium's URL
-//!    canonicaliser, then merging of slashes): `\` becomes `/`; escapes of
+//!    KEEP_UNCHANGED`, as measured on Envoy 1.40 by
+//!    `tests/e2e/tests/path_differential.rs`): a `.` or `..` segment in raw
+//!    dots with `;` parameters loses them (`..;x` is `..`); then RFC 3986
+//!    normalisation by Chromium's URL canonicaliser: `\` becomes `/`; escapes of
 //!    letters, digits, `-`, `.`, `_` and `~` are decoded; `"`, `<`, `>`, `^`,
 //!    `` ` ``, `{`, `|` and `}` are escaped; other escapes are kept as written
 //!    (`%2f` stays `%2f`); `.` and `..` segments (also spelled `%2e`) are
-//!    resolved; then runs of `/` are merged. A `:path` that is not already in
+//!    resolved; last, runs of `/` are merged. A `:path` that is not already in
 //!    this form is refused ([`PathRefusal::NotNormalised`]): behind an Envoy
 //!    configured as the shipped configs are, the filters only ever see normal
 //!    forms, and a filter behind an Envoy that does not normalise must not
@@ -461,8 +463,19 @@ fn merge_slashes(path: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Whether a `/`-separated segment is a `.` or `..` written with raw dots,
+/// possibly followed by `;` parameters.
+fn is_dot_segment_with_or_without_parameters(segment: &[u8]) -> bool {
+    let name = match segment.iter().position(|&b| b == b';') {
+        Some(i) => &segment[..i],
+        None => segment,
+    };
+    name == b"." || name == b".."
+}
+
 /// True when `path` is certainly its own normal form: only bytes Envoy
-/// copies unchanged, no `//`, no `.` or `..` segment.
+/// copies unchanged, no `//`, no `.` or `..` segment (with or without `;`
+/// parameters).
 fn is_plainly_normal(path: &[u8]) -> bool {
     if !path
         .iter()
@@ -471,7 +484,33 @@ fn is_plainly_normal(path: &[u8]) -> bool {
         return false;
     }
     !path.windows(2).any(|w| w == b"//")
-        && path.split(|&b| b == b'/').all(|s| s != b"." && s != b"..")
+        && !path
+            .split(|&b| b == b'/')
+            .any(is_dot_segment_with_or_without_parameters)
+}
+
+/// Envoy's first step of `normalize_path` (since its 2026 path-parameter
+/// fixes): a `/`-separated segment that is `.` or `..` in raw dots followed
+/// by `;` parameters loses the parameters (`..;x` is `..`, as Tomcat reads
+/// it). Escaped dots (`%2e%2e;`) are left alone, and so is a segment that
+/// reaches up to a `\` (`a\..;` is one segment here).
+fn drop_dot_segment_parameters(path: &[u8]) -> Cow<'_, [u8]> {
+    if !path.contains(&b';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for (i, segment) in path.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        match segment.iter().position(|&b| b == b';') {
+            Some(at) if is_dot_segment_with_or_without_parameters(segment) => {
+                out.extend_from_slice(&segment[..at]);
+            }
+            _ => out.extend_from_slice(segment),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// What Envoy makes of a request `:path` with `normalize_path`, `merge_slashes`
@@ -492,7 +531,9 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathRefusal> {
     if is_plainly_normal(bytes) {
         return Ok(Cow::Borrowed(path));
     }
-    let out = merge_slashes(canonicalize_like_envoy(bytes)?);
+    let out = merge_slashes(canonicalize_like_envoy(&drop_dot_segment_parameters(
+        bytes,
+    ))?);
     // Only ASCII can come out: non-ASCII input was refused above, and every
     // escape written is ASCII.
     String::from_utf8(out)
@@ -513,10 +554,14 @@ impl PathRules {
             Some(i) => &raw[..i],
             None => raw,
         };
-        if normalize(path)? != path {
+        let normal = normalize(path)?;
+        // The rule's refusals first, so that they name the cause; then a
+        // path Envoy would still change is refused too (Envoy leaves
+        // `%2e%2e;` as `..;`, which it resolves when it sees it raw).
+        let key = self.key(path)?;
+        if normal != path {
             return Err(PathRefusal::NotNormalised);
         }
-        let key = self.key(path)?;
         Ok(CanonicalPath {
             path,
             key,
@@ -575,7 +620,11 @@ impl PathRules {
             } else if name.is_empty() && n + 1 < count {
                 copy = true;
             }
+            // (A `.` or `..` segment itself is no name: it is left to the
+            // normal-form check.)
             if !self.allow_trailing_dot_or_space
+                && s != b"."
+                && s != b".."
                 && (ends_in_dot_or_space(s) || ends_in_dot_or_space(name))
             {
                 return Err(PathRefusal::TrailingDotOrSpace);
