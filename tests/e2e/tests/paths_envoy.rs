@@ -47,6 +47,7 @@ fn no_spelling_of_admin_reaches_the_admin_app_without_mfa() {
     let stack = Stack::start(StackOptions {
         ports: Ports::free().unwrap(),
         state_dir: None,
+        insecure_edge_tcp: None,
         extra_hosts: Vec::new(),
     })
     .unwrap();

@@ -55,7 +55,12 @@ fn robots_requests_are_answered_by_the_filter_and_never_reach_the_app() {
 
     // Every spelling of the path under the path rule is answered too (no
     // app sees it, so answering more spellings is harmless).
-    for target in ["/ROBOTS.TXT", "/robots.txt;x", "/%72obots.txt", "//robots.txt"] {
+    for target in [
+        "/ROBOTS.TXT",
+        "/robots.txt;x",
+        "/%72obots.txt",
+        "//robots.txt",
+    ] {
         let r = http_request(&addr, "GET", target, &[], b"").unwrap();
         assert_eq!(r.status, 200, "{target}");
         assert_eq!(r.text(), BODY, "{target}");
