@@ -376,7 +376,8 @@ fn a_malformed_handoff_is_an_error_not_anonymous() {
 
 /// Deterministic cost in the test host: wasm fuel (about one unit per wasm
 /// instruction, the same on any machine) per decision with 20 policies that all
-/// apply, including the decision line. Measured 155,428 on 2026-11-22; the
+/// apply, including the decision line. Measured 155,428 on 2026-11-22, and
+/// 154,563 on 2026-12-01 with the path-equivalence rule (issue 12); the
 /// budget allows 25% above that, so a regression fails here even when the
 /// wall-clock benchmarks are too noisy to show it. Not a timing.
 #[test]

@@ -528,7 +528,8 @@ fn a_removed_sealing_key_stops_even_a_cached_session() {
 ///
 /// Measured 2026-12-01 with this test on the module before the assertion
 /// existed: 34,554 / 242,454 / 107,844 fuel; with it: 34,368 / 6,068,766 (one
-/// Ed25519 signature, once per session and worker) / 109,764 (+1.8%).
+/// Ed25519 signature, once per session and worker) / 109,764 (+1.8%); with
+/// the path-equivalence rule (issue 12): 34,795 / 6,068,850 / 109,364.
 /// The budgets allow about 25% above the figures with the assertion. Print them with
 /// `cargo test --release -p portcullis-preauth --test host request_cost -- --nocapture`.
 #[test]
