@@ -1,5 +1,5 @@
 # The stable interface: every workflow is one of these targets. CI runs `make test`.
-.PHONY: test demo build bench setup lint
+.PHONY: test demo build bench setup lint fuzz wasm-soak
 
 test:
 	scripts/test.sh
@@ -23,3 +23,7 @@ bench:
 	scripts/setup-bench.sh
 	scripts/build.sh
 	scripts/bench.py $(BENCH_ARGS)
+
+# Every fuzz target for FUZZ_SECONDS each (default 60), nightly + cargo-fuzz (installed here).
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/fuzz.sh

@@ -166,11 +166,28 @@ impl SealKey {
             .expand_multi_info(&[SUBKEY_INFO, salt], &mut subkey);
         subkey
     }
+}
 
-    /// The version-2 cipher for one `salt`.
-    fn subkey_cipher(&self, salt: &[u8]) -> Aes256Gcm {
-        Aes256Gcm::new(&self.subkey(salt).into())
-    }
+/// The AES-256-GCM open of format 2, once the subkey is derived: what
+/// [`Sealer::open`] calls for every candidate key. Public so that the
+/// published AES-GCM vectors run through exactly this function
+/// (`filters/core/tests/wycheproof.rs`). The cookie format fixes a 12-byte
+/// nonce and a 16-byte tag at the end of `ciphertext_and_tag`.
+pub fn open_with_subkey(
+    subkey: &[u8; KEY_LEN],
+    nonce: &[u8; NONCE_LEN],
+    ciphertext_and_tag: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, OpenError> {
+    Aes256Gcm::new(subkey.into())
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext_and_tag,
+                aad,
+            },
+        )
+        .map_err(|_| OpenError)
 }
 
 /// The set of sealing keys of an app: the first seals, all open.
@@ -252,7 +269,7 @@ impl Sealer {
         }
         let key = self.keys.first().ok_or(SealError::Cipher)?;
         let (nonce, salt) = random.split_at(NONCE_LEN);
-        let cipher = key.subkey_cipher(salt);
+        let cipher = Aes256Gcm::new(&key.subkey(salt).into());
         let aad = Self::aad(SEAL_VERSION, cookie_name, app_id, key.id);
         let ciphertext = cipher
             .encrypt(
@@ -297,21 +314,27 @@ impl Sealer {
             return Err(OpenError);
         }
         let id = rest[0];
-        let nonce = Nonce::from_slice(&raw[2..2 + NONCE_LEN]);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&raw[2..2 + NONCE_LEN]);
         let salt = &raw[2 + NONCE_LEN..header_len];
         let aad = Self::aad(version, cookie_name, app_id, id);
-        let payload = || Payload {
-            msg: &raw[header_len..],
-            aad: &aad,
-        };
+        let ciphertext_and_tag = &raw[header_len..];
         self.keys
             .iter()
             .filter(|k| k.id == id)
             .find_map(|k| {
                 if version == SEAL_VERSION {
-                    k.subkey_cipher(salt).decrypt(nonce, payload()).ok()
+                    open_with_subkey(&k.subkey(salt), &nonce, ciphertext_and_tag, &aad).ok()
                 } else {
-                    k.legacy.decrypt(nonce, payload()).ok()
+                    k.legacy
+                        .decrypt(
+                            Nonce::from_slice(&nonce),
+                            Payload {
+                                msg: ciphertext_and_tag,
+                                aad: &aad,
+                            },
+                        )
+                        .ok()
                 }
             })
             .ok_or(OpenError)
