@@ -159,11 +159,10 @@ const EXPECT: &[(&str, &str)] = &[
     ("iss another provider", "issuer_mismatch"),
 ];
 
-#[tokio::test]
-async fn admin_tokens_refuse_every_attack() {
+fn verifier(jwks_json: &str) -> (tempfile::TempDir, std::sync::Arc<AdminTokenVerifier>) {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, rows::jwks()).unwrap();
+    std::fs::write(&jwks, jwks_json).unwrap();
     let verifier = AdminTokenVerifier::new(AdminConfig {
         jwks_file: Some(jwks),
         jwks_url: None,
@@ -178,6 +177,10 @@ async fn admin_tokens_refuse_every_attack() {
         admin_groups: Vec::new(),
         leeway_seconds: 30,
     });
+    (dir, verifier)
+}
+
+fn admin_claims() -> (serde_json::Value, u64) {
     // The verifier reads the clock: the claims are built around it.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -185,6 +188,13 @@ async fn admin_tokens_refuse_every_attack() {
         .as_secs();
     let claims = json!({"iss":ISS,"aud":AUD,"sub":"admin-1","tid":"t1",
         "roles":["Connector.Admin"],"iat":now,"exp":now + 600});
+    (claims, now)
+}
+
+#[tokio::test]
+async fn admin_tokens_refuse_every_attack() {
+    let (_dir, verifier) = verifier(&rows::jwks());
+    let (claims, now) = admin_claims();
     let rows = rows::attacks(&claims, now);
     let mut outcomes = Vec::new();
     for row in &rows {
@@ -198,4 +208,31 @@ async fn admin_tokens_refuse_every_attack() {
         i += 1;
         outcomes[i - 1].clone()
     });
+}
+
+/// A token without `kid` is checked with the first key of its algorithm's
+/// type: an RS256 token was refused (`jwks_unavailable`) when an EC key came
+/// first in the JWKS.
+#[tokio::test]
+async fn a_token_without_kid_finds_the_key_of_its_type() {
+    use jwt_simple::prelude::*;
+    let (_dir, verifier) = verifier(&rows::jwks());
+    let (claims, _) = admin_claims();
+    let rsa = RS256KeyPair::from_der(&rows::keys().rsa.to_der().unwrap()).unwrap();
+    let token = rsa
+        .sign(JWTClaims {
+            issued_at: None,
+            expires_at: None,
+            invalid_before: None,
+            issuer: None,
+            subject: None,
+            audiences: None,
+            jwt_id: None,
+            nonce: None,
+            custom: claims.clone(),
+        })
+        .unwrap();
+    verifier.verify(&token).await.unwrap();
+    let token = rows::es256(json!({"alg":"ES256"}), &claims);
+    verifier.verify(&token).await.unwrap();
 }
