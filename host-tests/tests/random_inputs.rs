@@ -26,7 +26,8 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        // The high bits: xorshift64*'s low bits are weak.
+        (self.next() >> 32) % n.max(1)
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -317,6 +318,9 @@ fn drive(filter: Filter, seed: u64, n: u64) -> Run {
         for (k, c) in body.iter().enumerate() {
             p.response_body(s, c, k + 1 == body.len())
                 .unwrap_or_else(|e| panic!("{}: {e:?}", ctx("response body")));
+        }
+        if p.local_response(s).is_some() {
+            local_responses += 1;
         }
         p.finish_stream(s)
             .unwrap_or_else(|e| panic!("{}: {e:?}", ctx("end of stream")));
