@@ -51,7 +51,7 @@ ip link set lo up
 { cat /etc/hosts; echo "127.0.0.1 idp edge app-sample app-admin envoy"; } >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 mount -t tmpfs tmpfs /var/lib
-mkdir -p /var/lib/portcullis/{edge,edge-public,connector,token}
+mkdir -p /var/lib/portcullis/{edge,edge-public,connector,token,envoy-socket}
 
 # The images' commands, from this repository.
 bins=${PORTCULLIS_BIN_DIR:-}

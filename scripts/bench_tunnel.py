@@ -196,7 +196,7 @@ def concurrent_streams_rss(b, info, pid, streams, hold_ms):
     t = threading.Thread(target=sample)
     t.start()
     try:
-        out = subprocess.run([str(b.LOADGEN), f"http://127.0.0.1:{info['ports']['edge_local']}/slow?ms={hold_ms}",
+        out = subprocess.run([str(b.LOADGEN), f"http://127.0.0.1:{info['ports']['edge_insecure_tcp']}/slow?ms={hold_ms}",
                               str(streams), "1", str(streams), "x-portcullis-app: sample"],
                              capture_output=True, text=True, check=True).stdout
     finally:
@@ -217,7 +217,7 @@ def run(b, tmp, duration, rounds, connections, bulk_mib, streams):
         procs += [rat_server, rat_client]
         envoys["direct"] = (b.Envoy("tunnel: direct", router_config(b), app_port, tmp), [])
         envoys["tunnel"] = (b.Envoy("tunnel: edge+connector", router_config(b, h2=True, app_header="sample"),
-                                    info["ports"]["edge_local"], tmp), [info["edge_pid"], info["connector_pid"]])
+                                    info["ports"]["edge_insecure_tcp"], tmp), [info["edge_pid"], info["connector_pid"]])
         envoys["rathole"] = (b.Envoy("tunnel: rathole", router_config(b), rat_port, tmp),
                              [rat_server.pid, rat_client.pid])
         for name, (envoy, _) in envoys.items():

@@ -281,6 +281,8 @@ KINDS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"),
+    ("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy"),
     ("v1", "Namespace"),
     ("v1", "ConfigMap"),
     ("v1", "PersistentVolumeClaim"),
@@ -618,7 +620,40 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
         p.add(f"{where} service connector", f"the health check must watch the tunnel port {tunnel_port}")
     if f"edge:{tunnel_port}" not in edge.get("advertised_tunnel_addresses", []):
         p.add("docker/edge.json", f"advertised_tunnel_addresses must be edge:{tunnel_port}")
+    check_envoy_to_edge(p, where, services, envoy_yaml, edge)
     edge_check(p, "docker/edge.json", edge_json, edge_bin)
+
+
+def check_envoy_to_edge(p, where, services, envoy_yaml, edge):
+    """Only Envoy reaches the edge's listener for it: a Unix socket on a volume that only the
+    edge and Envoy mount, Envoy running as the socket's owner; no plain h2c on TCP; header
+    limits at least Envoy's; every app's identity assertion checked."""
+    listen = edge.get("listen", {})
+    if "local" in listen or "insecure_envoy_h2c_tcp" in listen:
+        p.add("docker/edge.json", "Envoy's listener must be envoy_socket, never plain h2c on TCP")
+    sock = listen.get("envoy_socket")
+    if not sock:
+        p.add("docker/edge.json", "listen.envoy_socket must be set")
+        return
+    mode = int(listen.get("envoy_socket_mode", "0660"), 8)
+    if mode & 0o007:
+        p.add("docker/edge.json", f"envoy_socket_mode {oct(mode)} lets others reach the socket")
+    directory = os.path.dirname(sock)
+    mounted_by = sorted(n for n, s in services.items()
+                        for v in s.get("volumes") or [] if v.get("target") == directory)
+    if mounted_by != ["edge", "envoy"]:
+        p.add(where, f"the socket's volume ({directory}) must be mounted by edge and envoy only, not {mounted_by}")
+    uid = str(((services.get("envoy") or {}).get("environment") or {}).get("ENVOY_UID", ""))
+    if uid != "10001":
+        p.add(f"{where} service envoy", "ENVOY_UID must be the edge's user (10001) to open its socket")
+    if f"pipe: {{ path: {sock} }}" not in envoy_yaml:
+        p.add("envoy-configs/compose.yaml", f"the portcullis_edge cluster must use pipe {sock}")
+    envoy_kb = max([int(k) for k in re.findall(r"max_request_headers_kb: (\d+)", envoy_yaml)] or [60])
+    if int(edge.get("max_request_headers_kb", 96)) < envoy_kb:
+        p.add("docker/edge.json", f"max_request_headers_kb must be at least Envoy's ({envoy_kb})")
+    for a in edge.get("apps", []):
+        if not a.get("assertion"):
+            p.add("docker/edge.json", f"app {a.get('name')} has no assertion: identity could never travel")
 
 
 def check_dockerfiles(p):
@@ -678,6 +713,22 @@ def self_test(compose, envoy_yaml, edge_json, manifests):
     expect("edge trust", compose_problems(j=edge_json.replace("10.209.0.10", "10.209.0.99")), "trusted_proxies")
     expect("cookie URL", compose_problems(e=envoy_yaml.replace("http://app-sample:8081", "http://app-sample:9999")),
            "internal_url")
+
+    sock_json = json.loads(edge_json)
+    sock_json["listen"]["insecure_envoy_h2c_tcp"] = "0.0.0.0:8080"
+    expect("h2c on TCP", compose_problems(j=json.dumps(sock_json)), "plain h2c")
+    c = copy.deepcopy(compose)
+    c["services"]["app-sample"].setdefault("volumes", []).append(
+        {"source": "envoy-socket", "target": "/var/lib/portcullis/envoy-socket", "read_only": False})
+    expect("socket shared", compose_problems(c), "edge and envoy only")
+    c = copy.deepcopy(compose)
+    c["services"]["envoy"]["environment"].pop("ENVOY_UID", None)
+    expect("envoy user", compose_problems(c), "ENVOY_UID")
+    expect("cluster over TCP", compose_problems(e=envoy_yaml.replace("pipe: { path: /var/lib/portcullis/envoy-socket/edge.sock }",
+                                                                     "socket_address: { address: edge, port_value: 8080 }")), "pipe")
+    low = json.loads(edge_json)
+    low["max_request_headers_kb"] = 16
+    expect("header limit", compose_problems(j=json.dumps(low)), "max_request_headers_kb")
 
     ist = next(k for k in manifests if k.endswith("istio/wasmplugins.yaml"))
     eg = next(k for k in manifests if k.endswith("envoy-gateway/portcullis.yaml"))

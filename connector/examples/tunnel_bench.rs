@@ -223,8 +223,10 @@ async fn main() -> anyhow::Result<()> {
         listen: EdgeListen {
             registration: "127.0.0.1:0".into(),
             tunnel: "127.0.0.1:0".into(),
-            local: "127.0.0.1:0".into(),
+            // The load generator speaks plain HTTP/1.1 over TCP: asked for by name.
+            insecure_envoy_h2c_tcp: Some("127.0.0.1:0".into()),
             metrics: None,
+            ..EdgeListen::default()
         },
         server_names: vec!["127.0.0.1".into()],
         advertised_tunnel_addresses: Vec::new(),
@@ -253,11 +255,14 @@ async fn main() -> anyhow::Result<()> {
             backend_ca_file: None,
             spki_sha256: Vec::new(),
             preserve_host: false,
+            assertion: None,
         }],
         client_cert_days: 365,
         config_refresh_seconds: 300,
         keepalive_seconds: 20,
         drain_seconds: 5,
+        max_request_headers_kb: 96,
+        identity_headers: Vec::new(),
     };
     let (trigger, shutdown) = Shutdown::new();
     let edge = edge::start(file.validate()?, shutdown).await?;
@@ -288,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
     let direct = format!("http://{app_addr}");
-    let tunnel = format!("http://{}", edge.local_addr);
+    let tunnel = edge.local_url().ok_or_else(|| anyhow!("no TCP listener"))?;
     let _ = client.request(request(&tunnel, "/small", true)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_kib(pid);

@@ -254,6 +254,16 @@ impl Backend {
 /// A one-shot GET of `url` (http, or https verified against `ca_file`), body whole
 /// (at most 1 MiB). Used for the JWKS.
 pub async fn fetch_url(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>, BackendError> {
+    fetch_url_as(url, ca_file, None).await
+}
+
+/// [`fetch_url`] with another `Host` than the URL's (e.g. an app's name in front
+/// of Envoy's address).
+pub async fn fetch_url_as(
+    url: &str,
+    ca_file: Option<&Path>,
+    host: Option<&str>,
+) -> Result<Vec<u8>, BackendError> {
     let ca_pem = match ca_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -279,7 +289,7 @@ pub async fn fetch_url(url: &str, ca_file: Option<&Path>) -> Result<Vec<u8>, Bac
     };
     let backend = Backend::new(app)?;
     let req = Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header(http::header::HOST, backend.authority())
+        .header(http::header::HOST, host.unwrap_or(backend.authority()))
         .header(http::header::ACCEPT, "application/json")
         .body(empty())
         .map_err(|e| BackendError::Settings(e.to_string()))?;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -58,6 +59,14 @@ pub struct EdgeConfigFile {
     /// Grace period for requests in flight at shutdown, in seconds.
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// Largest request header block accepted from Envoy, in KiB (at least Envoy's
+    /// default `max_request_headers_kb`, 60).
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
+    /// Further identity headers to strip from every request (besides the default
+    /// claim headers, every app's `assertion.claim_headers` and every `x-portcullis-*`).
+    #[serde(default)]
+    pub identity_headers: Vec<String>,
 }
 
 /// Listen addresses of the edge.
@@ -70,9 +79,25 @@ pub struct EdgeListen {
     /// Mutual-TLS listener for connector tunnels and their API calls.
     #[serde(default = "default_tunnel_listen")]
     pub tunnel: String,
-    /// Local HTTP/1.1 + h2c listener for Envoy's upstream traffic.
-    #[serde(default = "default_local_listen")]
-    pub local: String,
+    /// Unix socket for Envoy's upstream traffic (HTTP/1.1 and h2c). Default:
+    /// `envoy.sock` in the state directory, unless `envoy_mtls` or
+    /// `insecure_envoy_h2c_tcp` is set.
+    #[serde(default)]
+    pub envoy_socket: Option<PathBuf>,
+    /// File mode of `envoy_socket`, octal (default `"0660"`: owner and group).
+    #[serde(default)]
+    pub envoy_socket_mode: Option<String>,
+    /// Mutual-TLS TCP listener for Envoy's upstream traffic (HTTP/2 or HTTP/1.1).
+    #[serde(default)]
+    pub envoy_mtls: Option<EnvoyMtls>,
+    /// Plain h2c / HTTP/1.1 on TCP for Envoy's upstream traffic: anyone who can
+    /// reach this address can speak to the edge as Envoy. Only for a loopback
+    /// address on a machine of one tenant; the edge warns at start-up.
+    #[serde(default)]
+    pub insecure_envoy_h2c_tcp: Option<String>,
+    /// Replaced by `envoy_socket`, `envoy_mtls` and `insecure_envoy_h2c_tcp`; refused.
+    #[serde(default, skip_serializing)]
+    pub local: Option<String>,
     /// Prometheus `/metrics` (omit or null to disable).
     #[serde(default = "default_edge_metrics")]
     pub metrics: Option<String>,
@@ -83,10 +108,67 @@ impl Default for EdgeListen {
         Self {
             registration: default_registration_listen(),
             tunnel: default_tunnel_listen(),
-            local: default_local_listen(),
+            envoy_socket: None,
+            envoy_socket_mode: None,
+            envoy_mtls: None,
+            insecure_envoy_h2c_tcp: None,
+            local: None,
             metrics: default_edge_metrics(),
         }
     }
+}
+
+/// The edge's mutual-TLS listener for Envoy: its server certificate, and the CA
+/// that Envoy's client certificate must chain to (never the connector CA, so no
+/// connector certificate can pass).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyMtls {
+    /// Listen address.
+    pub address: String,
+    /// PEM certificate chain of the edge's server certificate.
+    pub cert_file: PathBuf,
+    /// PEM private key of it.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that Envoy's client certificate must chain to.
+    pub client_ca_file: PathBuf,
+}
+
+/// How the edge checks an app's identity assertion (`X-Portcullis-Jwt-Assertion`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// Expected `iss`: the app's external origin as preauth signs it.
+    pub issuer: String,
+    /// Expected `aud` (default: the app name).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The app's published keys, e.g. `http://127.0.0.1:10000/.auth/jwks` through Envoy.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// `Host` for `jwks_url` (default: the URL's own), to ask Envoy for the app's host.
+    #[serde(default)]
+    pub jwks_host: Option<String>,
+    /// CA bundle for an https `jwks_url`.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Keys given inline (a JWKS document), besides or instead of `jwks_url`.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Refuse requests without a valid assertion (`assertion_required`, 401) instead of
+    /// sending them on anonymously. Off by default: unauthenticated paths have none.
+    #[serde(default)]
+    pub required: bool,
+    /// Clock skew allowed on `iat` and `exp`, in seconds (at most 300).
+    #[serde(default = "default_assertion_skew")]
+    pub clock_skew_seconds: u64,
+    /// How often the keys are fetched again, in seconds.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// Header → claim mapping set from a valid assertion (default: preauth's
+    /// `x-forwarded-user` sub, `-email`, `-groups`, `-preferred-username`).
+    #[serde(default)]
+    pub claim_headers: Option<BTreeMap<String, String>>,
 }
 
 /// Admin-token rules for registration.
@@ -151,6 +233,20 @@ pub struct AppConfig {
     /// Send the client's Host to the backend instead of the internal URL's host.
     #[serde(default)]
     pub preserve_host: bool,
+    /// The identity assertion check; without it every identity header is stripped
+    /// and the app only ever sees anonymous requests.
+    #[serde(default)]
+    pub assertion: Option<AssertionConfig>,
+}
+
+fn default_max_request_headers_kb() -> u32 {
+    96
+}
+fn default_assertion_skew() -> u64 {
+    60
+}
+fn default_jwks_refresh() -> u64 {
+    300
 }
 
 fn default_server_names() -> Vec<String> {
@@ -180,9 +276,6 @@ fn default_registration_listen() -> String {
 fn default_tunnel_listen() -> String {
     "127.0.0.1:8442".into()
 }
-fn default_local_listen() -> String {
-    "127.0.0.1:8080".into()
-}
 fn default_edge_metrics() -> Option<String> {
     Some("127.0.0.1:9102".into())
 }
@@ -211,8 +304,14 @@ pub struct EdgeSettings {
     pub registration_listen: SocketAddr,
     /// Tunnel listen address.
     pub tunnel_listen: SocketAddr,
-    /// Local listen address.
-    pub local_listen: SocketAddr,
+    /// Unix socket for Envoy, with its file mode.
+    pub envoy_socket: Option<(PathBuf, u32)>,
+    /// Mutual-TLS listener for Envoy.
+    pub envoy_mtls: Option<(SocketAddr, EnvoyMtls)>,
+    /// Plain h2c TCP listener for Envoy (asked for by name).
+    pub insecure_envoy_h2c_tcp: Option<SocketAddr>,
+    /// Largest request header block from Envoy, bytes.
+    pub max_request_headers: u32,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
     /// Server certificate names.
@@ -244,6 +343,10 @@ pub struct EdgeDynamic {
     pub keepalive: Duration,
     /// Drain grace.
     pub drain: Duration,
+    /// Identity assertion rules by app name (apps without one get none).
+    pub assertions: BTreeMap<String, Arc<crate::identity::AssertionRules>>,
+    /// Header names (lower-case, `-` spelling) stripped from every request.
+    pub identity_headers: Vec<String>,
 }
 
 /// A validated app, as sent to its connectors.
@@ -314,7 +417,53 @@ impl EdgeConfigFile {
     pub fn validate(&self) -> Result<EdgeSettings, ConfigError> {
         let registration_listen = parse_addr("listen.registration", &self.listen.registration)?;
         let tunnel_listen = parse_addr("listen.tunnel", &self.listen.tunnel)?;
-        let local_listen = parse_addr("listen.local", &self.listen.local)?;
+        let l = &self.listen;
+        if l.local.is_some() {
+            return Err(ConfigError::new(
+                "listen.local",
+                "is gone: Envoy reaches the edge over `envoy_socket` (a Unix socket) or \
+                 `envoy_mtls`; plain h2c on TCP only as `insecure_envoy_h2c_tcp`",
+            ));
+        }
+        let mode = match &l.envoy_socket_mode {
+            Some(m) => {
+                let v = u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                    ConfigError::new("listen.envoy_socket_mode", "an octal mode like \"0660\"")
+                })?;
+                if v & 0o007 != 0 || v > 0o777 {
+                    return Err(ConfigError::new(
+                        "listen.envoy_socket_mode",
+                        "must give others no access (like \"0660\" or \"0600\")",
+                    ));
+                }
+                v
+            }
+            None => 0o660,
+        };
+        let envoy_mtls = match &l.envoy_mtls {
+            Some(m) => Some((
+                parse_addr("listen.envoy_mtls.address", &m.address)?,
+                m.clone(),
+            )),
+            None => None,
+        };
+        let insecure_envoy_h2c_tcp = match &l.insecure_envoy_h2c_tcp {
+            Some(a) => Some(parse_addr("listen.insecure_envoy_h2c_tcp", a)?),
+            None => None,
+        };
+        let envoy_socket = match &l.envoy_socket {
+            Some(p) => Some((p.clone(), mode)),
+            None if envoy_mtls.is_none() && insecure_envoy_h2c_tcp.is_none() => {
+                Some((self.state_dir.join("envoy.sock"), mode))
+            }
+            None => None,
+        };
+        if !(60..=256).contains(&self.max_request_headers_kb) {
+            return Err(ConfigError::new(
+                "max_request_headers_kb",
+                "must be between 60 (Envoy's default limit) and 256 (the tunnel's)",
+            ));
+        }
         let metrics_listen = match &self.listen.metrics {
             Some(m) => Some(parse_addr("listen.metrics", m)?),
             None => None,
@@ -345,7 +494,10 @@ impl EdgeConfigFile {
             state_dir: self.state_dir.clone(),
             registration_listen,
             tunnel_listen,
-            local_listen,
+            envoy_socket,
+            envoy_mtls,
+            insecure_envoy_h2c_tcp,
+            max_request_headers: self.max_request_headers_kb * 1024,
             metrics_listen,
             server_names: self.server_names.clone(),
             advertised_tunnel_addresses: self.advertised_tunnel_addresses.clone(),
@@ -431,7 +583,25 @@ impl EdgeConfigFile {
             }
         }
         let mut apps = BTreeMap::new();
+        let mut assertions = BTreeMap::new();
+        let mut identity_headers: Vec<String> = crate::identity::DEFAULT_IDENTITY_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        for (i, h) in self.identity_headers.iter().enumerate() {
+            let h =
+                portcullis_core::config::check_header_name(&format!("identity_headers[{i}]"), h)?;
+            identity_headers.push(h.replace('_', "-"));
+        }
         for (i, app) in self.apps.iter().enumerate() {
+            if let Some(a) = &app.assertion {
+                let rules = crate::identity::AssertionRules::new(&app.name, a)
+                    .map_err(|e| e.within(&format!("apps[{i}].assertion")))?;
+                for (h, _) in rules.claim_headers() {
+                    identity_headers.push(h.as_str().replace('_', "-"));
+                }
+                assertions.insert(app.name.clone(), Arc::new(rules));
+            }
             let settings = app
                 .validate(&groups)
                 .map_err(|e| e.within(&format!("apps[{i}]")))?;
@@ -464,6 +634,12 @@ impl EdgeConfigFile {
             config_refresh: Duration::from_secs(self.config_refresh_seconds),
             keepalive: Duration::from_secs(self.keepalive_seconds),
             drain: Duration::from_secs(self.drain_seconds),
+            assertions,
+            identity_headers: {
+                identity_headers.sort();
+                identity_headers.dedup();
+                identity_headers
+            },
         })
     }
 }

@@ -760,6 +760,7 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<(TunnelConn, Livenes
         .initial_connection_window_size(4 << 20)
         .max_send_buf_size(256 * 1024)
         .max_frame_size(64 * 1024)
+        .max_header_list_size(crate::TUNNEL_MAX_HEADER_LIST)
         .serve_connection(TokioIo::new(watched), handler);
     Ok((Box::pin(conn), liveness))
 }

@@ -49,6 +49,14 @@ pub enum EdgeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The Envoy socket could not be bound.
+    #[error("cannot listen on {}: {source}", path.display())]
+    BindUnix {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -140,6 +148,8 @@ struct EdgeState {
     next_tunnel: AtomicU64,
     metrics: Arc<Metrics>,
     advertised: Vec<String>,
+    verified: crate::identity::VerifiedCache,
+    max_request_headers: u32,
 }
 
 impl EdgeState {
@@ -187,8 +197,12 @@ pub struct EdgeHandle {
     pub registration_addr: SocketAddr,
     /// Tunnel (mutual TLS) address.
     pub tunnel_addr: SocketAddr,
-    /// Local HTTP/1.1 + h2c address for Envoy.
-    pub local_addr: SocketAddr,
+    /// Unix socket for Envoy (HTTP/1.1 and h2c), if configured.
+    pub envoy_socket: Option<std::path::PathBuf>,
+    /// Mutual-TLS address for Envoy, if configured.
+    pub envoy_mtls_addr: Option<SocketAddr>,
+    /// Plain h2c TCP address for Envoy, if asked for by name (`insecure_envoy_h2c_tcp`).
+    pub insecure_tcp_addr: Option<SocketAddr>,
     /// Metrics address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// Connector CA certificate, PEM.
@@ -204,7 +218,9 @@ impl std::fmt::Debug for EdgeHandle {
         f.debug_struct("EdgeHandle")
             .field("registration_addr", &self.registration_addr)
             .field("tunnel_addr", &self.tunnel_addr)
-            .field("local_addr", &self.local_addr)
+            .field("envoy_socket", &self.envoy_socket)
+            .field("envoy_mtls_addr", &self.envoy_mtls_addr)
+            .field("insecure_tcp_addr", &self.insecure_tcp_addr)
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
@@ -258,6 +274,11 @@ impl EdgeHandle {
         &self.state.ca
     }
 
+    /// The local HTTP address of Envoy's listener for tests: the insecure TCP one.
+    pub fn local_url(&self) -> Option<String> {
+        self.insecure_tcp_addr.map(|a| format!("http://{a}"))
+    }
+
     /// Waits until the edge has drained and stopped.
     pub async fn wait(self) {
         let _ = self.task.await;
@@ -309,14 +330,40 @@ pub async fn start(settings: EdgeSettings, shutdown: Shutdown) -> Result<EdgeHan
 
     let reg_listener = bind(settings.registration_listen).await?;
     let tunnel_listener = bind(settings.tunnel_listen).await?;
-    let local_listener = bind(settings.local_listen).await?;
+    let envoy_unix = match &settings.envoy_socket {
+        Some((path, mode)) => Some(bind_unix(path, *mode)?),
+        None => None,
+    };
+    let envoy_mtls = match &settings.envoy_mtls {
+        Some((addr, files)) => Some((bind(*addr).await?, envoy_mtls_acceptor(files, &ca)?)),
+        None => None,
+    };
+    let insecure_listener = match settings.insecure_envoy_h2c_tcp {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let metrics_listener = match settings.metrics_listen {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
     let registration_addr = local(&reg_listener)?;
     let tunnel_addr = local(&tunnel_listener)?;
-    let local_addr = local(&local_listener)?;
+    let envoy_mtls_addr = match &envoy_mtls {
+        Some((l, _)) => Some(local(l)?),
+        None => None,
+    };
+    let insecure_tcp_addr = match &insecure_listener {
+        Some(l) => Some(local(l)?),
+        None => None,
+    };
+    if let Some(a) = insecure_tcp_addr {
+        warn!(
+            addr = %a,
+            "INSECURE: Envoy's listener is plain h2c on TCP (insecure_envoy_h2c_tcp): any process \
+             that reaches it can send requests as Envoy; use envoy_socket or envoy_mtls"
+        );
+    }
+    let envoy_socket = settings.envoy_socket.as_ref().map(|(p, _)| p.clone());
     let metrics_addr = match &metrics_listener {
         Some(l) => Some(local(l)?),
         None => None,
@@ -335,10 +382,12 @@ pub async fn start(settings: EdgeSettings, shutdown: Shutdown) -> Result<EdgeHan
         next_tunnel: AtomicU64::new(1),
         metrics: Arc::new(Metrics::new("portcullis_edge")),
         advertised,
+        verified: crate::identity::VerifiedCache::default(),
+        max_request_headers: settings.max_request_headers,
     });
     let ca_pem = state.ca.cert_pem.clone();
     let ca_fingerprint = state.ca.fingerprint();
-    info!(%registration_addr, %tunnel_addr, %local_addr, ?metrics_addr, ca_fingerprint = %ca_fingerprint, "edge listening");
+    info!(%registration_addr, %tunnel_addr, ?envoy_socket, ?envoy_mtls_addr, ?insecure_tcp_addr, ?metrics_addr, ca_fingerprint = %ca_fingerprint, "edge listening");
 
     let task = tokio::spawn(serve_all(
         state.clone(),
@@ -346,14 +395,20 @@ pub async fn start(settings: EdgeSettings, shutdown: Shutdown) -> Result<EdgeHan
         TlsAcceptor::from(Arc::new(reg_tls)),
         tunnel_listener,
         TlsAcceptor::from(Arc::new(tunnel_tls)),
-        local_listener,
+        EnvoyListeners {
+            unix: envoy_unix,
+            mtls: envoy_mtls,
+            insecure: insecure_listener,
+        },
         metrics_listener,
         shutdown,
     ));
     Ok(EdgeHandle {
         registration_addr,
         tunnel_addr,
-        local_addr,
+        envoy_socket,
+        envoy_mtls_addr,
+        insecure_tcp_addr,
         metrics_addr,
         ca_pem,
         ca_fingerprint,
@@ -375,7 +430,7 @@ async fn serve_all(
     reg_tls: TlsAcceptor,
     tunnel_listener: TcpListener,
     tunnel_tls: TlsAcceptor,
-    local_listener: TcpListener,
+    envoy: EnvoyListeners,
     metrics_listener: Option<TcpListener>,
     shutdown: Shutdown,
 ) {
@@ -416,27 +471,65 @@ async fn serve_all(
             async move { tunnel_connection(state, tls, tcp, peer, watcher).await }
         }
     }));
-    tasks.spawn(accept_loop(local_listener, shutdown.clone(), {
+    if let Some(l) = envoy.insecure {
+        tasks.spawn(accept_loop(l, shutdown.clone(), {
+            let state = state.clone();
+            let graceful = graceful.clone();
+            move |tcp, peer| {
+                let trusted = state.dynamic().trusted_proxies.contains(&peer.ip());
+                serve_envoy(state.clone(), tcp, peer.ip(), trusted, graceful.watcher())
+            }
+        }));
+    }
+    if let Some((l, tls)) = envoy.mtls {
+        tasks.spawn(accept_loop(l, shutdown.clone(), {
+            let state = state.clone();
+            let graceful = graceful.clone();
+            move |tcp, peer| {
+                let state = state.clone();
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                async move {
+                    match tls.accept(tcp).await {
+                        // The client certificate chained to the Envoy client CA: this is Envoy.
+                        Ok(stream) => serve_envoy(state, stream, peer.ip(), true, watcher).await,
+                        Err(e) => {
+                            warn!(%peer, "Envoy listener refused a client at TLS: {e}");
+                            state.metrics.error("envoy_client_certificate_refused");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(l) = envoy.unix {
         let state = state.clone();
         let graceful = graceful.clone();
-        move |tcp, peer| {
-            let state = state.clone();
-            let watcher = graceful.watcher();
-            async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(forward(state, peer, req).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder.http2().max_concurrent_streams(1024);
-                let conn = builder
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    accepted = l.accept() => match accepted {
+                        // Only processes the socket's file mode admits can connect: Envoy.
+                        Ok((io, _)) => {
+                            tokio::spawn(serve_envoy(
+                                state.clone(),
+                                io,
+                                IpAddr::from([127, 0, 0, 1]),
+                                true,
+                                graceful.watcher(),
+                            ));
+                        }
+                        Err(e) => {
+                            warn!("accept on the Envoy socket: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
             }
-        }
-    }));
+        });
+    }
     if let Some(l) = metrics_listener {
         tasks.spawn(accept_loop(l, shutdown.clone(), {
             let metrics = state.metrics.clone();
@@ -462,6 +555,112 @@ async fn serve_all(
         t.clear();
     }
     info!("edge stopped");
+}
+
+/// The listeners Envoy's upstream traffic may arrive on.
+struct EnvoyListeners {
+    unix: Option<tokio::net::UnixListener>,
+    mtls: Option<(TcpListener, TlsAcceptor)>,
+    insecure: Option<TcpListener>,
+}
+
+/// Binds the Envoy socket with `mode`, replacing a stale socket file (never another file).
+fn bind_unix(path: &std::path::Path, mode: u32) -> Result<tokio::net::UnixListener, EdgeError> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let err = |source: std::io::Error| EdgeError::BindUnix {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // Bind, then narrow the mode before anything can be accepted.
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// The TLS acceptor of the mutual-TLS Envoy listener. Its client CA must not be
+/// the connector CA (nor contain it): a connector certificate never passes.
+fn envoy_mtls_acceptor(
+    files: &crate::config::EnvoyMtls,
+    connector_ca: &EdgeCa,
+) -> Result<TlsAcceptor, EdgeError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| EdgeError::Tls(format!("{}: {e}", p.display())))
+    };
+    let chain = pki::parse_certs_pem(&read(&files.cert_file)?)
+        .map_err(|e| EdgeError::Tls(format!("envoy_mtls.cert_file: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut read(&files.key_file)?.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| EdgeError::Tls("envoy_mtls.key_file: no private key".into()))?;
+    let cas = pki::parse_certs_pem(&read(&files.client_ca_file)?)
+        .map_err(|e| EdgeError::Tls(format!("envoy_mtls.client_ca_file: {e}")))?;
+    if cas.is_empty() {
+        return Err(EdgeError::Tls(
+            "envoy_mtls.client_ca_file: no certificate".into(),
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in cas {
+        if c.as_ref() == connector_ca.cert_der.as_ref() {
+            return Err(EdgeError::Tls(
+                "envoy_mtls.client_ca_file holds the connector CA: connector certificates \
+                 would pass as Envoy; use a CA of its own for Envoy's client certificate"
+                    .into(),
+            ));
+        }
+        roots.add(c).map_err(|e| EdgeError::Tls(e.to_string()))?;
+    }
+    let provider = pki::provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| EdgeError::Tls(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EdgeError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| EdgeError::Tls(format!("envoy_mtls: {e}")))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Serves Envoy's HTTP/1.1 or HTTP/2 on one connection.
+async fn serve_envoy<I>(
+    state: Arc<EdgeState>,
+    io: I,
+    peer: IpAddr,
+    trusted: bool,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = state.max_request_headers;
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(forward(state, peer, trusted, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size((limit as usize).max(8192) + 16 * 1024);
+    builder
+        .http2()
+        .max_concurrent_streams(1024)
+        .max_header_list_size(limit);
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    let _ = watcher.watch(conn).await;
 }
 
 /// Accepts connections until shutdown; each one is handled by `handle` in its own task.
@@ -671,6 +870,7 @@ async fn tunnel_connection(
             .initial_connection_window_size(4 << 20)
             .max_send_buf_size(256 * 1024)
             .max_frame_size(64 * 1024)
+            .max_header_list_size(crate::TUNNEL_MAX_HEADER_LIST)
             .handshake::<_, BoxBody>(TokioIo::new(watched))
             .await;
         let (sender, conn) = match handshake {
@@ -924,11 +1124,11 @@ fn idempotent(m: &Method) -> bool {
 /// Forwards one request from Envoy down a tunnel.
 async fn forward(
     state: Arc<EdgeState>,
-    peer: SocketAddr,
+    peer: IpAddr,
+    trusted: bool,
     req: Request<Incoming>,
 ) -> Response<BoxBody> {
     let dynamic = state.dynamic();
-    let trusted = dynamic.trusted_proxies.contains(&peer.ip());
     let rid = request_id(req.headers(), trusted);
     state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
     let deny = |state: &EdgeState, headers: &HeaderMap, d: Denial| {
@@ -981,11 +1181,32 @@ async fn forward(
         headers.remove(h.as_str());
     }
     strip_proxy_cookies(&mut headers);
+    let rules = dynamic.assertions.get(&app_name);
+    let verdict = crate::identity::check(&state.verified, &app_name, rules, &client_headers).await;
+    state.metrics.assertion(verdict.outcome());
+    crate::identity::strip_identity(&mut headers, &dynamic.identity_headers);
+    match (&verdict, rules) {
+        (crate::identity::Verdict::Valid { claims, token, .. }, Some(rules)) => {
+            crate::identity::set_identity(&mut headers, rules, claims, token);
+        }
+        (crate::identity::Verdict::Anonymous(why), Some(rules)) if rules.required() => {
+            debug!(app = %app_name, why, "request without a valid assertion refused");
+            let d = Denial::new(
+                StatusCode::UNAUTHORIZED,
+                "assertion_required",
+                format!(
+                    "App `{app_name}` takes only requests with a valid identity assertion ({why})."
+                ),
+            );
+            return deny(&state, &client_headers, d);
+        }
+        _ => {}
+    }
     headers.remove(&dynamic.app_header);
     if let Ok(v) = HeaderValue::from_str(&app_name) {
         headers.insert(crate::DEFAULT_APP_HEADER, v);
     }
-    append_forwarded(&mut headers, peer.ip(), trusted, "http", Some(&host));
+    append_forwarded(&mut headers, peer, trusted, "http", Some(&host));
     if let Ok(v) = HeaderValue::from_str(&rid) {
         headers.insert(REQUEST_ID_HEADER, v);
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connector;
 pub mod denial;
 pub mod edge;
+pub mod identity;
 mod liveness;
 pub mod metrics;
 pub mod pki;
@@ -35,6 +36,10 @@ pub const DEFAULT_APP_HEADER: &str = "x-portcullis-app";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Response header carrying the denial code of an error produced by the edge or connector.
 pub const ERROR_CODE_HEADER: &str = "x-portcullis-error";
+
+/// Largest header block either side of a tunnel accepts, bytes (above the edge's
+/// largest `max_request_headers_kb`, so what Envoy and the edge let through fits).
+pub const TUNNEL_MAX_HEADER_LIST: u32 = 256 * 1024 + 16 * 1024;
 
 /// An error and all its sources, joined by `: ` (hyper's own messages are terse).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub config_pulls_total: AtomicU64,
     registrations: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    assertions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -44,6 +45,7 @@ impl Metrics {
             config_pulls_total: AtomicU64::new(0),
             registrations: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
+            assertions: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -59,6 +61,22 @@ impl Metrics {
         if let Ok(mut map) = self.registrations.lock() {
             *map.entry(result.to_string()).or_insert(0) += 1;
         }
+    }
+
+    /// Counts one identity-assertion check with its outcome (`valid`, `cached`,
+    /// `missing`, `not_configured`, or a refusal code such as `assertion_expired`).
+    pub fn assertion(&self, outcome: &str) {
+        if let Ok(mut map) = self.assertions.lock() {
+            *map.entry(outcome.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// The number of assertion checks counted with `outcome`.
+    pub fn assertions_with(&self, outcome: &str) -> u64 {
+        self.assertions
+            .lock()
+            .map(|m| m.get(outcome).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// The number of errors counted with `code`.
@@ -138,6 +156,12 @@ impl Metrics {
                 "Errors by denial code.",
                 "code",
                 &self.errors,
+            ),
+            (
+                "assertions_total",
+                "Identity assertion checks by outcome.",
+                "outcome",
+                &self.assertions,
             ),
         ];
         for (name, help, label, map) in labelled {

@@ -191,7 +191,8 @@ async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
     );
     file.listen.registration = format!("127.0.0.1:{}", port());
     file.listen.tunnel = format!("127.0.0.1:{}", port());
-    file.listen.local = format!("127.0.0.1:{}", port());
+    let local = format!("127.0.0.1:{}", port());
+    file.listen.insecure_envoy_h2c_tcp = Some(local.clone());
     file.listen.metrics = None;
     let path = dir.path().join("edge.json");
     std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
@@ -204,7 +205,7 @@ async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
     let client = client();
     let ask = |app: &str| {
         let client = client.clone();
-        let r = http::Request::get(format!("http://{}/", file.listen.local))
+        let r = http::Request::get(format!("http://{local}/"))
             .header("x-portcullis-app", app)
             .body(portcullis_connector::body::empty())
             .unwrap();

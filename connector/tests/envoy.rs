@@ -1,4 +1,5 @@
-//! End to end with stock Envoy: Envoy → (h2c) edge → tunnel → connector → sample app.
+//! End to end with stock Envoy: Envoy → (h2c on the edge's Unix socket) edge → tunnel →
+//! connector → sample app.
 //! Envoy comes from `ENVOY_BIN` (default /work/main/.tools/venv/bin/envoy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -27,7 +28,7 @@ fn envoy_bin() -> PathBuf {
     portcullis_e2e::envoy::envoy_bin().unwrap()
 }
 
-fn bootstrap(listen: u16, admin: u16, edge: std::net::SocketAddr) -> String {
+fn bootstrap(listen: u16, admin: u16, edge: &std::path::Path) -> String {
     format!(
         r#"
 admin:
@@ -72,24 +73,34 @@ static_resources:
       - lb_endpoints:
         - endpoint:
             address:
-              socket_address: {{ address: {ip}, port_value: {port} }}
+              pipe: {{ path: {edge} }}
 "#,
-        ip = edge.ip(),
-        port = edge.port()
+        edge = edge.display()
     )
 }
 
 #[tokio::test]
 async fn stock_envoy_to_edge_to_connector_to_sample_app() {
     let bin = envoy_bin();
-    let w = world(|b| vec![app("hello", "default", &format!("http://{}", b.addr))]).await;
+    let w = world_with(
+        |b| vec![app("hello", "default", &format!("http://{}", b.addr))],
+        |file| {
+            file.listen.insecure_envoy_h2c_tcp = None;
+            file.listen.envoy_socket = Some(file.state_dir.join("envoy.sock"));
+        },
+    )
+    .await;
     let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
     let c = start_connector(&cfg).await;
     wait_tunnels(&w.edge, 2).await;
 
     let (listen, admin) = (free_port(), free_port());
     let yaml = w.dir.path().join("envoy.yaml");
-    std::fs::write(&yaml, bootstrap(listen, admin, w.edge.handle.local_addr)).unwrap();
+    std::fs::write(
+        &yaml,
+        bootstrap(listen, admin, w.edge.handle.envoy_socket.as_ref().unwrap()),
+    )
+    .unwrap();
     let base_id = 1000 + rand::random::<u32>() % 50_000;
     let _envoy = KillOnDrop(
         Command::new(&bin)
@@ -152,6 +163,18 @@ async fn stock_envoy_to_edge_to_connector_to_sample_app() {
     let hops: Vec<&str> = xff.split(", ").collect();
     assert_eq!(hops.len(), 3, "{xff}");
     assert_eq!(&hops[1..], ["127.0.0.1", "127.0.0.1"], "{xff}");
+    // A 30 KiB header (under Envoy's 60 KiB limit) reaches the app through the
+    // edge's listener, the tunnel and the connector (the edge's HTTP/2 side used
+    // to refuse anything over 16 KiB).
+    let big = "b".repeat(30 * 1024);
+    let mut r = through_envoy("/echo");
+    r.headers_mut().insert("x-big", big.parse().unwrap());
+    let (status, _, body) = send(&client, r).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body)["headers"]["x-big"].as_str().map(str::len),
+        Some(big.len())
+    );
     // A 1 MiB download through the whole chain.
     let (status, _, body) = send(&client, through_envoy("/bytes?n=1048576")).await;
     assert_eq!(status, 200);

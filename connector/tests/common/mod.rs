@@ -82,6 +82,7 @@ pub fn app(name: &str, group: &str, url: &str) -> AppConfig {
         backend_ca_file: None,
         spki_sha256: Vec::new(),
         preserve_host: false,
+        assertion: None,
     }
 }
 
@@ -91,8 +92,10 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
         listen: EdgeListen {
             registration: "127.0.0.1:0".into(),
             tunnel: "127.0.0.1:0".into(),
-            local: "127.0.0.1:0".into(),
+            // Most tests speak to the edge as Envoy over TCP: asked for by name.
+            insecure_envoy_h2c_tcp: Some("127.0.0.1:0".into()),
             metrics: Some("127.0.0.1:0".into()),
+            ..EdgeListen::default()
         },
         server_names: vec!["localhost".into(), "127.0.0.1".into()],
         advertised_tunnel_addresses: Vec::new(),
@@ -118,6 +121,8 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
         config_refresh_seconds: 300,
         keepalive_seconds: 5,
         drain_seconds: 5,
+        max_request_headers_kb: 96,
+        identity_headers: Vec::new(),
     }
 }
 
@@ -143,6 +148,12 @@ impl Edge {
     pub async fn stop(self) {
         self.trigger.trigger();
         self.handle.wait().await;
+    }
+    /// The edge's (insecure, test-only) TCP listener for Envoy.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.handle
+            .insecure_tcp_addr
+            .expect("insecure_envoy_h2c_tcp is set in tests")
     }
     pub fn register_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.handle.registration_addr.port())
@@ -356,7 +367,7 @@ pub fn client() -> Client {
 
 /// A request to the edge's local listener for `app`.
 pub fn req(edge: &Edge, app: &str, path: &str) -> http::request::Builder {
-    Request::get(format!("http://{}{}", edge.handle.local_addr, path))
+    Request::get(format!("http://{}{}", edge.local_addr(), path))
         .header("host", format!("{app}.example.test"))
         .header("x-portcullis-app", app)
 }
@@ -398,11 +409,21 @@ pub struct World {
 }
 
 pub async fn world(apps: impl FnOnce(&Backend) -> Vec<AppConfig>) -> World {
+    world_with(apps, |_| {}).await
+}
+
+/// [`world`] with the edge's configuration changed by `tweak` first.
+pub async fn world_with(
+    apps: impl FnOnce(&Backend) -> Vec<AppConfig>,
+    tweak: impl FnOnce(&mut EdgeConfigFile),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let idp = Idp::new(dir.path());
     let backend = start_backend("hello").await;
     let apps = apps(&backend);
-    let edge = start_edge(edge_file(&dir.path().join("edge"), &idp.jwks_path, apps)).await;
+    let mut file = edge_file(&dir.path().join("edge"), &idp.jwks_path, apps);
+    tweak(&mut file);
+    let edge = start_edge(file).await;
     World {
         dir,
         idp,

@@ -5,6 +5,7 @@
 //! that come back into host calls. Everything is unit-tested natively.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod config;
 pub mod cookies;
 pub mod denial;

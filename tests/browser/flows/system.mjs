@@ -55,6 +55,7 @@ async function signInThrough(page, creds) {
     assert.ok(!('x-portcullis-identity' in seen.headers));
     summary.app_headers = Object.fromEntries(Object.entries(seen.headers).filter(([k]) => k.startsWith('x-forwarded-')));
     summary.app_cookies = appCookies;
+    summary.assertion = seen.headers['x-portcullis-jwt-assertion'];
 
     // The same session is no good at the admin app (another app id in the sealed cookie's AAD,
     // and another host): it asks for its own sign-in.

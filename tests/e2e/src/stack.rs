@@ -27,8 +27,6 @@ pub struct Ports {
     pub edge_registration: u16,
     /// Edge: connector tunnels (mTLS).
     pub edge_tunnel: u16,
-    /// Edge: Envoy's upstream (h2c / HTTP/1.1).
-    pub edge_local: u16,
     /// Edge: Prometheus metrics.
     pub edge_metrics: u16,
     /// Sample app "sample".
@@ -47,7 +45,6 @@ impl Ports {
             idp: 9000,
             edge_registration: 8441,
             edge_tunnel: 8442,
-            edge_local: 8080,
             edge_metrics: 9102,
             app_sample: 8081,
             app_admin: 8082,
@@ -64,7 +61,6 @@ impl Ports {
             idp: 0,
             edge_registration: p()?,
             edge_tunnel: p()?,
-            edge_local: p()?,
             edge_metrics: p()?,
             app_sample: p()?,
             app_admin: p()?,
@@ -135,6 +131,9 @@ pub struct StackOptions {
     pub state_dir: Option<PathBuf>,
     /// Extra redirect-URI host names to register with the provider.
     pub extra_hosts: Vec<String>,
+    /// Also open the edge's plain h2c TCP listener for Envoy on this port
+    /// (`insecure_envoy_h2c_tcp`, for the tunnel benchmarks' load generator).
+    pub insecure_edge_tcp: Option<u16>,
 }
 
 /// The running system; everything stops on drop (in reverse order).
@@ -256,15 +255,23 @@ impl Stack {
         edge_cfg["listen"] = serde_json::json!({
             "registration": format!("127.0.0.1:{}", ports.edge_registration),
             "tunnel": format!("127.0.0.1:{}", ports.edge_tunnel),
-            "local": format!("127.0.0.1:{}", ports.edge_local),
+            "envoy_socket": dir.join("edge/envoy.sock").to_string_lossy(),
+            "envoy_socket_mode": "0600",
             "metrics": format!("127.0.0.1:{}", ports.edge_metrics),
         });
+        if let Some(port) = opts.insecure_edge_tcp {
+            edge_cfg["listen"]["insecure_envoy_h2c_tcp"] = format!("127.0.0.1:{port}").into();
+        }
         edge_cfg["admin"]["jwks_url"] = format!("{}/jwks", idp.issuer()).into();
         edge_cfg["admin"]["issuer"] = idp.issuer().to_string().into();
         edge_cfg["apps"][0]["internal_url"] =
             format!("http://127.0.0.1:{}", ports.app_sample).into();
         edge_cfg["apps"][1]["internal_url"] =
             format!("http://127.0.0.1:{}", ports.app_admin).into();
+        for app in [0, 1] {
+            edge_cfg["apps"][app]["assertion"]["jwks_url"] =
+                format!("http://127.0.0.1:{}/.auth/jwks", ports.http).into();
+        }
         let edge_file = dir.join("edge.json");
         std::fs::write(&edge_file, serde_json::to_string_pretty(&edge_cfg)?)?;
         let edge = Proc::spawn(
@@ -350,7 +357,10 @@ impl Stack {
             .port(10443, ports.https)?
             .port(9901, ports.envoy_admin)?
             .port(9000, ports.idp)?
-            .port(8080, ports.edge_local)?
+            .replace(
+                ".demo/edge/envoy.sock",
+                &dir.join("edge/envoy.sock").to_string_lossy(),
+            )?
             .replace("http://127.0.0.1:9000", idp.issuer())?
             .replace(
                 "cG9ydGN1bGxpcy1kZW1vLWtleS0wMDAwMDAwMDAwMDA=",

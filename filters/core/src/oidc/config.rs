@@ -11,6 +11,7 @@
 //! ```
 
 use super::url::HttpUrl;
+use crate::assertion::{self, AssertionSigner, SigningKey};
 use crate::config::{check_header_name, parse_json, ConfigError};
 use crate::seal::{Sealer, KEY_LEN};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -127,6 +128,17 @@ struct RawCookie {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAssertion {
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    signing_keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBearer {
     audience: String,
 }
@@ -190,6 +202,8 @@ struct RawApp {
     bearer: Option<RawBearer>,
     #[serde(default)]
     post_logout_redirect_uri: Option<String>,
+    #[serde(default)]
+    assertion: Option<RawAssertion>,
 }
 
 /// Cookie switches of an app (as in the reference: HttpOnly, Secure, persistent).
@@ -276,6 +290,8 @@ pub struct OidcSettings {
     /// Where the provider sends the browser after logout: an absolute URL, or a
     /// path of the app (made absolute with the external origin).
     pub post_logout_redirect_uri: Option<String>,
+    /// Signs the identity assertion (keys, `iss`, `aud`, lifetime, JWKS).
+    pub assertion: AssertionSigner,
 }
 
 impl fmt::Debug for OidcSettings {
@@ -295,6 +311,7 @@ impl fmt::Debug for OidcSettings {
             .field("max_session_secs", &self.max_session_secs)
             .field("cookie", &self.cookie)
             .field("sealer", &self.sealer)
+            .field("assertion", &self.assertion)
             .finish_non_exhaustive()
     }
 }
@@ -656,6 +673,13 @@ impl RawApp {
             }
             None => None,
         };
+        let assertion = assertion_signer(
+            self.assertion,
+            &self.id,
+            &hosts,
+            self.external_scheme.as_deref(),
+            &keys,
+        )?;
         Ok(AppConfig {
             id: self.id,
             hosts,
@@ -693,9 +717,92 @@ impl RawApp {
                 unauthenticated_paths,
                 bearer_audience,
                 post_logout_redirect_uri,
+                assertion,
             }),
         })
     }
+}
+
+/// The app's assertion signer: explicit `assertion.signing_keys` (Ed25519
+/// seeds), or else one key per sealing key derived by HKDF-SHA256
+/// ([`assertion::derive_seed`]); `iss` is `assertion.issuer`, or else the
+/// external scheme and the first host without a wildcard.
+fn assertion_signer(
+    raw: Option<RawAssertion>,
+    app_id: &str,
+    hosts: &[String],
+    external_scheme: Option<&str>,
+    sealing_keys: &[[u8; KEY_LEN]],
+) -> Result<AssertionSigner, ConfigError> {
+    let raw = raw.unwrap_or(RawAssertion {
+        issuer: None,
+        lifetime_seconds: None,
+        signing_keys: Vec::new(),
+    });
+    let issuer = match raw.issuer {
+        Some(i) => {
+            let u = url("assertion.issuer", &i)?;
+            if u.path_and_query != "/" || i.ends_with('/') {
+                return Err(ConfigError::new(
+                    "assertion.issuer",
+                    "must be an origin: scheme, host and optional port, no path",
+                ));
+            }
+            i
+        }
+        None => match hosts.iter().find(|h| !h.contains('*')) {
+            Some(h) => format!("{}://{h}", external_scheme.unwrap_or("https")),
+            None => {
+                return Err(ConfigError::new(
+                    "assertion.issuer",
+                    "is required when every host has a wildcard (the issuer must be stable)",
+                ))
+            }
+        },
+    };
+    let lifetime = raw
+        .lifetime_seconds
+        .unwrap_or(assertion::DEFAULT_LIFETIME_SECS);
+    if !(assertion::MIN_LIFETIME_SECS..=assertion::MAX_LIFETIME_SECS).contains(&lifetime) {
+        return Err(ConfigError::new(
+            "assertion.lifetime_seconds",
+            format!(
+                "must be between {} and {}",
+                assertion::MIN_LIFETIME_SECS,
+                assertion::MAX_LIFETIME_SECS
+            ),
+        ));
+    }
+    let mut seeds = Vec::new();
+    for (i, k) in raw.signing_keys.iter().enumerate() {
+        let field = format!("assertion.signing_keys[{i}]");
+        let seed = decode_key(k).ok_or_else(|| {
+            ConfigError::new(
+                &field,
+                "must be base64 of exactly 32 bytes (an Ed25519 seed)",
+            )
+        })?;
+        if seeds.contains(&seed) || sealing_keys.contains(&seed) {
+            return Err(ConfigError::new(
+                field,
+                "repeats an earlier key or a sealing key",
+            ));
+        }
+        seeds.push(seed);
+    }
+    if seeds.is_empty() {
+        seeds = sealing_keys
+            .iter()
+            .map(|k| assertion::derive_seed(k, app_id))
+            .collect();
+    }
+    let keys = seeds
+        .into_iter()
+        .map(SigningKey::from_seed)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ConfigError::new("assertion.signing_keys", "invalid Ed25519 seed"))?;
+    AssertionSigner::new(keys, issuer, app_id.to_string(), lifetime)
+        .ok_or_else(|| ConfigError::new("assertion", "no signing key"))
 }
 
 impl PreauthConfig {

@@ -13,6 +13,7 @@ pub mod session;
 pub mod token;
 pub mod url;
 
+use crate::assertion::{ASSERTION_HEADER, JWKS_CACHE_CONTROL, JWKS_PATH};
 use crate::denial::{Denial, DenialResponse, Format};
 use crate::identity::Identity;
 use crate::path;
@@ -286,12 +287,13 @@ pub fn on_request(
         return deny(Denial::BadRequest, req);
     };
     match path.as_str() {
+        JWKS_PATH => return jwks(settings),
         LOGIN_PATH => return start_login_from_params(app, settings, req, provider, now, random),
         CALLBACK_PATH => return callback(app_index, app, settings, req, provider, now),
         LOGOUT_PATH => return logout(settings, req, provider),
         ME_PATH => {
             return match session::session_from_headers(app, settings, req.headers, now, sessions) {
-                Some(Ok(id)) => Decision::Respond {
+                Some(Ok(session::Session { identity: id, .. })) => Decision::Respond {
                     response: Response {
                         status: 200,
                         headers: vec![
@@ -320,15 +322,21 @@ pub fn on_request(
         );
     }
     let session = session::session_from_headers(app, settings, req.headers, now, sessions);
-    let continue_with = |id: Identity, remove: Vec<String>| Decision::Continue {
-        add: session::identity_headers(settings, &id),
-        remove,
-        identity: Some(Box::new(id)),
-        app_id: Some(app.id.clone()),
+    let continue_with = |id: Identity, assertion: String, remove: Vec<String>| {
+        let mut add = session::identity_headers(settings, &id);
+        add.push((ASSERTION_HEADER.to_string(), assertion));
+        Decision::Continue {
+            add,
+            remove,
+            identity: Some(Box::new(id)),
+            app_id: Some(app.id.clone()),
+        }
     };
-    if let Some(Ok(id)) = session {
-        return continue_with(id, remove);
-    }
+    let session = match session {
+        Some(Ok(s)) => return continue_with(s.identity, s.assertion, remove),
+        Some(Err(e)) => Some(Err::<(), _>(e)),
+        None => None,
+    };
     if settings
         .unauthenticated_paths
         .iter()
@@ -356,7 +364,12 @@ pub fn on_request(
                 now,
             };
             return match token::validate_token(token, keys, &checks) {
-                Ok(t) => continue_with(session::identity_from_token(settings, &t, now), remove),
+                Ok(t) => {
+                    // Bearer requests are not cached: each gets its own assertion.
+                    let id = session::identity_from_token(settings, &t, now);
+                    let (assertion, _) = session::sign_assertion(settings, &id, now);
+                    continue_with(id, assertion, remove)
+                }
                 Err(e) => Decision::Respond {
                     response: Response::from_denial(
                         e.denial().render_as(req.request_id, Format::Json),
@@ -378,6 +391,21 @@ pub fn on_request(
     start_login(
         app, settings, req, provider, &return_to, None, None, now, random,
     )
+}
+
+/// `/.auth/jwks`: the app's assertion keys, public and cacheable, no session needed.
+fn jwks(settings: &OidcSettings) -> Decision {
+    Decision::Respond {
+        response: Response {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), JWKS_CACHE_CONTROL.into()),
+            ],
+            body: settings.assertion.jwks().to_vec(),
+        },
+        refetch_keys: false,
+    }
 }
 
 fn bearer_token(auth: &str) -> Option<&str> {

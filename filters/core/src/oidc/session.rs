@@ -286,14 +286,46 @@ pub fn cookie_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a
         .collect()
 }
 
+/// An opened session: the identity, and the signed assertion that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub identity: Identity,
+    /// The identity assertion (compact JWT) for [`crate::assertion::ASSERTION_HEADER`].
+    pub assertion: String,
+}
+
+/// Signs the identity assertion for `identity` at `now`: the token and its expiry.
+pub fn sign_assertion(settings: &OidcSettings, identity: &Identity, now: u64) -> (String, u64) {
+    let header_claims: Vec<&str> = settings
+        .claim_headers
+        .iter()
+        .map(|(_, c)| c.as_str())
+        .filter(|c| !STANDARD_CLAIMS.contains(c) && *c != settings.groups_claim)
+        .collect();
+    let claims = settings.assertion.claims_for(identity, &header_claims, now);
+    (settings.assertion.sign(&claims), claims.exp)
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    key: [u8; 32],
+    identity: Identity,
+    assertion: String,
+    assertion_exp: u64,
+}
+
 /// Sessions a worker opened recently, so that a request carrying the same
-/// session cookie again skips base64, AES-256-GCM and identity decoding.
+/// session cookie again skips base64, AES-256-GCM, identity decoding and the
+/// assertion's signature.
 ///
 /// - The key is SHA-256 over the app id and the exact cookie value. A value
 ///   differing in any byte, or presented to another app, misses and is opened
 ///   (and refused) in full; nothing but a value that opened before can hit.
 /// - The expiry is checked on every hit against the caller's clock, exactly as
 ///   [`open_session`] checks it.
+/// - Each entry keeps the signed identity assertion; a hit signs again only
+///   when less than a third of the assertion's lifetime is left.
 /// - It is bounded ([`SessionCache::CAPACITY`] entries, replaced round-robin)
 ///   and belongs to one configuration: the filter makes a new one whenever it
 ///   is configured, so a sealing key taken out of the configuration stops
@@ -302,9 +334,10 @@ pub fn cookie_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a
 ///   timing tells nothing about other users' cookies.
 #[derive(Debug, Default)]
 pub struct SessionCache {
-    entries: Vec<([u8; 32], Identity)>,
+    entries: Vec<CacheEntry>,
     next: usize,
     hits: u64,
+    signatures: u64,
 }
 
 impl SessionCache {
@@ -320,24 +353,53 @@ impl SessionCache {
         h.finalize().into()
     }
 
-    fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Identity> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
-        if now >= self.entries[i].1.exp {
+    fn get(&mut self, settings: &OidcSettings, key: &[u8; 32], now: u64) -> Option<Session> {
+        let i = self.entries.iter().position(|e| e.key == *key)?;
+        if now >= self.entries[i].identity.exp {
             self.entries.swap_remove(i);
             return None;
         }
         self.hits += 1;
-        Some(self.entries[i].1.clone())
+        let e = &mut self.entries[i];
+        if settings.assertion.needs_resign(e.assertion_exp, now) {
+            let (token, exp) = sign_assertion(settings, &e.identity, now);
+            e.assertion = token;
+            e.assertion_exp = exp;
+            self.signatures += 1;
+        }
+        Some(Session {
+            identity: e.identity.clone(),
+            assertion: e.assertion.clone(),
+        })
     }
 
-    fn insert(&mut self, key: [u8; 32], identity: Identity) {
+    fn insert(
+        &mut self,
+        settings: &OidcSettings,
+        key: [u8; 32],
+        identity: Identity,
+        now: u64,
+    ) -> Session {
+        let (assertion, assertion_exp) = sign_assertion(settings, &identity, now);
+        self.signatures += 1;
+        let session = Session {
+            identity: identity.clone(),
+            assertion: assertion.clone(),
+        };
+        let entry = CacheEntry {
+            key,
+            identity,
+            assertion,
+            assertion_exp,
+        };
         if self.entries.len() < Self::CAPACITY {
-            self.entries.push((key, identity));
+            self.entries.push(entry);
         } else {
             let slot = self.next % Self::CAPACITY;
-            self.entries[slot] = (key, identity);
+            self.entries[slot] = entry;
             self.next = slot + 1;
         }
+        session
     }
 
     /// Sessions held.
@@ -354,18 +416,24 @@ impl SessionCache {
     pub fn hits(&self) -> u64 {
         self.hits
     }
+
+    /// Assertions signed so far (first opens and re-signs).
+    pub fn signatures(&self) -> u64 {
+        self.signatures
+    }
 }
 
 /// Opens the app's session from the request's cookies: the first cookie of
 /// the configured name that opens wins; otherwise the "worst" error. A value
-/// that opened before (and has not expired) comes from `cache`.
+/// that opened before (and has not expired) comes from `cache`, with its
+/// assertion; a newly opened one gets its assertion signed once here.
 pub fn session_from_headers(
     app: &AppConfig,
     settings: &OidcSettings,
     headers: &[(String, String)],
     now: u64,
     cache: &mut SessionCache,
-) -> Option<Result<Identity, SessionError>> {
+) -> Option<Result<Session, SessionError>> {
     let values = cookie_values(headers, &settings.cookie.name);
     if values.is_empty() {
         return None;
@@ -373,14 +441,11 @@ pub fn session_from_headers(
     let mut err = SessionError::Invalid;
     for v in values {
         let key = SessionCache::key(&app.id, v);
-        if let Some(id) = cache.get(&key, now) {
-            return Some(Ok(id));
+        if let Some(s) = cache.get(settings, &key, now) {
+            return Some(Ok(s));
         }
         match open_session(&settings.sealer, &settings.cookie.name, &app.id, v, now) {
-            Ok(id) => {
-                cache.insert(key, id.clone());
-                return Some(Ok(id));
-            }
+            Ok(id) => return Some(Ok(cache.insert(settings, key, id, now))),
             Err(SessionError::Expired) => err = SessionError::Expired,
             Err(SessionError::Invalid) => {}
         }
@@ -481,18 +546,24 @@ mod tests {
         let get = |v: &str, now, cache: &mut SessionCache| {
             session_from_headers(&app, s, &cookie_header(s, v), now, cache).unwrap()
         };
-        assert_eq!(get(&v, id.iat, cache), Ok(id.clone()));
+        assert_eq!(get(&v, id.iat, cache).map(|s| s.identity), Ok(id.clone()));
         assert_eq!((cache.len(), cache.hits()), (1, 0));
-        assert_eq!(get(&v, id.iat + 1, cache), Ok(id.clone()));
+        assert_eq!(
+            get(&v, id.iat + 1, cache).map(|s| s.identity),
+            Ok(id.clone())
+        );
         assert_eq!(cache.hits(), 1);
         // Any change to the value misses and is opened (and refused) in full.
         let mut tampered = v.clone().into_bytes();
         let last = tampered.len() - 1;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
-        assert_eq!(get(&tampered, id.iat, cache), Err(SessionError::Invalid));
         assert_eq!(
-            get(&v[..v.len() - 1], id.iat, cache),
+            get(&tampered, id.iat, cache).map(|s| s.identity),
+            Err(SessionError::Invalid)
+        );
+        assert_eq!(
+            get(&v[..v.len() - 1], id.iat, cache).map(|s| s.identity),
             Err(SessionError::Invalid)
         );
         assert_eq!(cache.hits(), 1);
@@ -500,13 +571,64 @@ mod tests {
         let mut other = app.clone();
         other.id = "other-app".into();
         assert_eq!(
-            session_from_headers(&other, s, &cookie_header(s, &v), id.iat, cache).unwrap(),
+            session_from_headers(&other, s, &cookie_header(s, &v), id.iat, cache)
+                .unwrap()
+                .map(|s| s.identity),
             Err(SessionError::Invalid)
         );
         assert_eq!(cache.hits(), 1);
         // Expiry is checked on every hit, and an expired entry leaves the cache.
-        assert_eq!(get(&v, id.exp, cache), Err(SessionError::Expired));
+        assert_eq!(
+            get(&v, id.exp, cache).map(|s| s.identity),
+            Err(SessionError::Expired)
+        );
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_cache_hit_reuses_the_assertion_and_signs_again_only_near_its_expiry() {
+        use crate::assertion::{verify, Expected, PublicKeySet};
+        let app = app();
+        let s = app.oidc.as_ref().unwrap();
+        let id = alice(2);
+        let v = seal_session(&app.id, s, &id, [3; SEAL_RANDOM_LEN]).unwrap();
+        let cache = &mut SessionCache::default();
+        let get = |now, cache: &mut SessionCache| {
+            session_from_headers(&app, s, &cookie_header(s, &v), now, cache)
+                .unwrap()
+                .unwrap()
+        };
+        let first = get(id.iat, cache);
+        assert_eq!(cache.signatures(), 1);
+        let keys = PublicKeySet::from_signer(&s.assertion);
+        let expected = |now| Expected {
+            issuer: "https://hr.localhost",
+            audience: "hr",
+            skew_secs: 0,
+            now,
+        };
+        let claims = verify(&first.assertion, &keys, &expected(id.iat)).unwrap();
+        assert_eq!(claims.sub, id.sub);
+        assert_eq!(claims.exp, id.iat + s.assertion.lifetime_secs());
+        // Hits within two thirds of the lifetime: the same token, no signature.
+        let lifetime = s.assertion.lifetime_secs();
+        for dt in [1, lifetime / 2, lifetime - lifetime / 3 - 1] {
+            assert_eq!(get(id.iat + dt, cache).assertion, first.assertion);
+        }
+        assert_eq!(cache.signatures(), 1);
+        // Then a fresh one, valid past the old expiry.
+        let later = id.iat + lifetime - lifetime / 3;
+        let renewed = get(later, cache);
+        assert_ne!(renewed.assertion, first.assertion);
+        assert_eq!(cache.signatures(), 2);
+        assert!(verify(&renewed.assertion, &keys, &expected(id.iat + lifetime + 10)).is_ok());
+        // Never past the session's expiry.
+        let end = get(id.exp - 5, cache);
+        let claims = verify(&end.assertion, &keys, &expected(id.exp - 5)).unwrap();
+        assert_eq!(claims.exp, id.exp);
+        // The session cookie itself never travels in the assertion.
+        let payload = end.assertion.split('.').nth(1).unwrap();
+        assert!(!end.assertion.contains(&v) && !payload.contains(&v[..20]));
     }
 
     #[test]
@@ -562,13 +684,16 @@ mod tests {
         assert_eq!(
             session_from_headers(&app, s, &headers, id.iat, cache)
                 .unwrap()
-                .unwrap(),
+                .unwrap()
+                .identity,
             id
         );
         assert!(session_from_headers(&app, s, &[], id.iat, cache).is_none());
         let bad = vec![("cookie".to_string(), format!("{}=garbage", s.cookie.name))];
         assert_eq!(
-            session_from_headers(&app, s, &bad, id.iat, cache).unwrap(),
+            session_from_headers(&app, s, &bad, id.iat, cache)
+                .unwrap()
+                .map(|s| s.identity),
             Err(SessionError::Invalid)
         );
     }

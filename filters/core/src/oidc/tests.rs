@@ -700,3 +700,174 @@ fn other_hosts_can_pass_with_headers_stripped() {
         "other_hosts"
     );
 }
+
+/// Signs in through the whole flow; returns the world and the session cookie pair.
+fn signed_in(w: &World) -> String {
+    let (d, _, nonce) = login_and_callback(w, "/");
+    let Decision::ExchangeCode { pending, .. } = d else {
+        panic!("{d:?}")
+    };
+    let LoginOutcome::Respond(r) = finish_login(
+        &w.config,
+        &pending,
+        Some(200),
+        &token_body(&id_token(&nonce)),
+        Some(&w.keys),
+        NOW,
+        &mut counter(),
+    ) else {
+        panic!("login")
+    };
+    cookie_pair(&set_cookies(&r)[0])
+}
+
+fn assertion_of(add: &[(String, String)]) -> Option<&str> {
+    add.iter()
+        .find(|(n, _)| n == crate::assertion::ASSERTION_HEADER)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_valid_session_carries_a_verifiable_assertion_and_client_copies_go() {
+    use crate::assertion::{verify, Expected, PublicKeySet};
+    let w = World::new();
+    let session = signed_in(&w);
+    let d = w.request(
+        "hr.localhost",
+        "/reports",
+        &h(&[
+            HTML,
+            ("cookie", &session),
+            ("X-Portcullis-Jwt-Assertion", "forged.by.client"),
+        ]),
+    );
+    let Decision::Continue { remove, add, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(remove, vec!["X-Portcullis-Jwt-Assertion"]);
+    let token = assertion_of(&add).expect("assertion header");
+    assert_ne!(token, "forged.by.client");
+    // The published JWKS verifies it, for this app's issuer and audience.
+    let jwks = respond(w.request("hr.localhost", "/.auth/jwks", &[]));
+    assert_eq!(jwks.status, 200);
+    assert_eq!(jwks.header("cache-control"), Some("public, max-age=300"));
+    let keys = PublicKeySet::from_jwks(&jwks.body).unwrap();
+    let claims = verify(
+        token,
+        &keys,
+        &Expected {
+            issuer: "https://hr.localhost",
+            audience: "hr",
+            skew_secs: 0,
+            now: NOW,
+        },
+    )
+    .unwrap();
+    assert_eq!(claims.sub, "alice-sub");
+    assert_eq!(claims.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(claims.exp, NOW + 300);
+    // No assertion without a session: unauthenticated paths and passthrough apps.
+    for (host, path) in [("hr.localhost", "/public/a"), ("open.localhost", "/x")] {
+        match w.request(host, path, &h(&[("x-portcullis-jwt-assertion", "x")])) {
+            Decision::Continue { add, remove, .. } => {
+                assert!(assertion_of(&add).is_none());
+                assert_eq!(remove, vec!["x-portcullis-jwt-assertion"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Passthrough apps have no JWKS of their own.
+    assert!(matches!(
+        w.request("open.localhost", "/.auth/jwks", &[]),
+        Decision::Continue { .. }
+    ));
+}
+
+#[test]
+fn bearer_requests_carry_an_assertion_too() {
+    let config =
+        PreauthConfig::from_json(config_json(r#","bearer":{"audience":"api://hr"}"#).as_bytes())
+            .unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    let mut c = claims_at(NOW).with_audience("api://hr");
+    c.nonce = None;
+    let auth = format!("Bearer {}", keys().es.sign(c).unwrap());
+    match w.request("hr.localhost", "/api", &h(&[("authorization", &auth)])) {
+        Decision::Continue { add, .. } => assert!(assertion_of(&add).is_some()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn assertion_configuration() {
+    let with = |extra: &str| PreauthConfig::from_json(config_json(extra).as_bytes());
+    let signer = |c: &PreauthConfig| c.apps[0].oidc.as_ref().unwrap().assertion.clone();
+    let default = signer(&with("").unwrap());
+    assert_eq!(default.issuer(), "https://hr.localhost");
+    assert_eq!(default.audience(), "hr");
+    assert_eq!(default.keys().len(), 1);
+    // Derived from the sealing key: the same on every replica, no new secret.
+    assert_eq!(
+        signer(&with("").unwrap()).keys()[0].kid(),
+        default.keys()[0].kid()
+    );
+    // A second sealing key (rotation) publishes a second assertion key; the first signs.
+    let rotated = config_json("").replace(
+        &format!(r#"["{KEY_B64}"]"#),
+        &format!(r#"["AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=","{KEY_B64}"]"#),
+    );
+    let rotated = signer(&PreauthConfig::from_json(rotated.as_bytes()).unwrap());
+    assert_eq!(rotated.keys().len(), 2);
+    assert_eq!(rotated.keys()[1].kid(), default.keys()[0].kid());
+    assert_ne!(rotated.keys()[0].kid(), default.keys()[0].kid());
+    // Explicit issuer, lifetime and keys.
+    let explicit = signer(
+        &with(
+            r#","assertion":{"issuer":"https://hr.example.com:8443","lifetime_seconds":120,
+            "signing_keys":["AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM="]}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(explicit.issuer(), "https://hr.example.com:8443");
+    assert_eq!(explicit.lifetime_secs(), 120);
+    assert_ne!(explicit.keys()[0].kid(), default.keys()[0].kid());
+    assert!(!format!("{explicit:?}").contains("AwMDAwMD"));
+    // Bad values are named.
+    for (extra, field) in [
+        (
+            r#","assertion":{"issuer":"https://x/path"}"#,
+            "apps[0].assertion.issuer",
+        ),
+        (r#","assertion":{"issuer":"x"}"#, "apps[0].assertion.issuer"),
+        (
+            r#","assertion":{"lifetime_seconds":5}"#,
+            "apps[0].assertion.lifetime_seconds",
+        ),
+        (
+            r#","assertion":{"lifetime_seconds":7200}"#,
+            "apps[0].assertion.lifetime_seconds",
+        ),
+        (
+            r#","assertion":{"signing_keys":["AAAA"]}"#,
+            "apps[0].assertion.signing_keys[0]",
+        ),
+        (
+            &format!(r#","assertion":{{"signing_keys":["{KEY_B64}"]}}"#),
+            "apps[0].assertion.signing_keys[0]",
+        ),
+        (r#","assertion":{"kid":"x"}"#, "apps[0].assertion.kid"),
+    ] {
+        assert_eq!(with(extra).unwrap_err().field, field, "{extra}");
+    }
+    // Only wildcard hosts: the issuer must be given.
+    let wild = config_json("").replace(r#"["hr.localhost"]"#, r#"["*.hr.localhost"]"#);
+    assert_eq!(
+        PreauthConfig::from_json(wild.as_bytes()).unwrap_err().field,
+        "apps[0].assertion.issuer"
+    );
+}

@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         ports: Ports::demo(),
         state_dir: Some(state_dir.clone()),
+        insecure_edge_tcp: None,
         extra_hosts: Vec::new(),
     })?;
     let p = stack.ports();
@@ -33,7 +34,7 @@ Portcullis demo is running (state and logs in {dir}):
       carol   portcullis-connector-admins    may register connectors (the demo registered one with her token)
 
   Path of a request: Envoy :{http}/:{https} (robots → preauth → conditional-access → cookie)
-      → edge :{edge} (h2c) → connector tunnel (mTLS, dialled out to :{tunnel}) → app on 127.0.0.1:{a1}/{a2}
+      → edge {edge} (Unix socket) → connector tunnel (mTLS, dialled out to :{tunnel}) → app on 127.0.0.1:{a1}/{a2}
   Envoy admin http://127.0.0.1:{admin}/   edge metrics http://127.0.0.1:{metrics}/metrics
 
 Press Ctrl-C to stop."#,
@@ -41,7 +42,7 @@ Press Ctrl-C to stop."#,
         http = p.http,
         https = p.https,
         issuer = stack.issuer(),
-        edge = p.edge_local,
+        edge = stack.dir().join("edge/envoy.sock").display(),
         tunnel = p.edge_tunnel,
         a1 = p.app_sample,
         a2 = p.app_admin,

@@ -1,7 +1,9 @@
 //! The whole system on free ports, for scripts (`scripts/bench.py`'s tunnel
 //! scenarios): `portcullis-stack STATE_DIR` starts what `make demo` starts,
 //! prints one JSON line with its ports, issuer, state directory and the edge's
-//! and connector's process ids, and runs until SIGTERM or Ctrl-C.
+//! and connector's process ids, and runs until SIGTERM or Ctrl-C. The edge also
+//! opens its plain h2c TCP listener for Envoy (`insecure_envoy_h2c_tcp`, reported
+//! as `edge_insecure_tcp`), on loopback, for the benchmarks' load generator.
 
 use portcullis_e2e::stack::{Ports, Stack, StackOptions};
 use std::io::Write;
@@ -11,7 +13,9 @@ fn main() -> anyhow::Result<()> {
     let Some(state_dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
         anyhow::bail!("usage: portcullis-stack STATE_DIR");
     };
+    let insecure = portcullis_e2e::free_port()?;
     let stack = Stack::start(StackOptions {
+        insecure_edge_tcp: Some(insecure),
         ports: Ports::free()?,
         state_dir: Some(state_dir),
         extra_hosts: Vec::new(),
@@ -25,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         "ports": {
             "http": p.http, "https": p.https, "envoy_admin": p.envoy_admin, "idp": p.idp,
             "edge_registration": p.edge_registration, "edge_tunnel": p.edge_tunnel,
-            "edge_local": p.edge_local, "edge_metrics": p.edge_metrics,
+            "edge_insecure_tcp": insecure, "edge_metrics": p.edge_metrics,
             "app_sample": p.app_sample, "app_admin": p.app_admin,
         },
     });
