@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod idp;
 pub mod loadgen;
 pub mod sample_app;
+pub mod signin;
 pub mod stack;
 
 use std::net::TcpListener;

@@ -18,9 +18,8 @@ use crate::assertion::{ASSERTION_HEADER, JWKS_CACHE_CONTROL, JWKS_PATH};
 use crate::denial::{Denial, DenialResponse, Format};
 use crate::forwarded;
 use crate::identity::Identity;
-use crate::path;
 use crate::redirect;
-use crate::seal::NONCE_LEN;
+use crate::seal::SEAL_RANDOM_LEN;
 use config::{AppConfig, OidcSettings, PreauthConfig, ProviderMetadata};
 use jwks::KeySet;
 use login::{LoginState, LOGIN_RANDOM_LEN};
@@ -304,10 +303,13 @@ pub fn on_request(
             app_id: Some(app.id.clone()),
         };
     };
-    let Ok(path) = path::normalize(req.path) else {
-        return deny(Denial::BadRequest, req);
+    // The path rule decides every path below, and refuses a path that some
+    // backend could read as another one before anything else.
+    let path = match settings.path_rules.canonicalize(req.path) {
+        Ok(p) => p,
+        Err(why) => return deny(Denial::AmbiguousPath(why), req),
     };
-    match path.as_str() {
+    match path.key() {
         JWKS_PATH => return jwks(settings),
         LOGIN_PATH => return start_login_from_params(app, settings, req, provider, now, random),
         CALLBACK_PATH => return callback(app_index, app, settings, req, provider, now),
@@ -332,7 +334,7 @@ pub fn on_request(
         }
         _ => {}
     }
-    if path.starts_with("/.auth/") {
+    if path.key().starts_with("/.auth/") {
         return deny(
             Denial::Other {
                 status: 404,
@@ -363,7 +365,7 @@ pub fn on_request(
     if settings
         .unauthenticated_paths
         .iter()
-        .any(|p| path::has_prefix(&path, p))
+        .any(|p| path.is_under_as_written(p))
     {
         return Decision::Continue {
             remove,
@@ -493,12 +495,12 @@ fn start_login(
     let mut bytes = [0u8; LOGIN_RANDOM_LEN];
     random(&mut bytes);
     let login = LoginState::new(&bytes, return_to, acr, max_age, now);
-    let mut seal_nonce = [0u8; NONCE_LEN];
-    seal_nonce.copy_from_slice(&bytes[64..64 + NONCE_LEN]);
+    let mut seal_random = [0u8; SEAL_RANDOM_LEN];
+    seal_random.copy_from_slice(&bytes[64..64 + SEAL_RANDOM_LEN]);
     let cookie_name = login::state_cookie_name(&settings.cookie.name, &login.state);
     let sealed = match settings
         .sealer
-        .seal(&cookie_name, &app.id, &login.encode(), seal_nonce)
+        .seal(&cookie_name, &app.id, &login.encode(), seal_random)
     {
         Ok(v) => v,
         // Only a return address near the size limit can get here.
@@ -747,7 +749,7 @@ pub fn finish_login(
     if identity.exp <= now {
         return fail(Denial::TokenExpired);
     }
-    let mut nonce = [0u8; NONCE_LEN];
+    let mut nonce = [0u8; SEAL_RANDOM_LEN];
     random(&mut nonce);
     let sealed = match session::seal_session(&app.id, settings, &identity, nonce) {
         Ok(v) => v,

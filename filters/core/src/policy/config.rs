@@ -7,6 +7,7 @@ use super::address::{AddressSource, OnInvalid};
 use super::cidr::Cidr;
 use crate::app::{host_name, is_app_id, RouteApp};
 use crate::config::{check_header_name, parse_json, ConfigError};
+use crate::path::{PathPrefix, PathRules};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,7 +51,8 @@ struct RawConfig {
     policies: Vec<RawPolicy>,
 }
 
-/// An entry of `apps`: who is assigned to the app.
+/// An entry of `apps` (the registry of apps): who is assigned to the app,
+/// and its path rule.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
@@ -61,6 +63,8 @@ struct RawApp {
     /// Every signed-in user is assigned.
     #[serde(default)]
     open: bool,
+    #[serde(default)]
+    path_rules: Option<PathRules>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -354,8 +358,9 @@ pub struct Conditions {
     pub user_risk: Option<Mask>,
     /// Methods, upper-case.
     pub methods: Option<Vec<String>>,
-    /// Normalised path prefixes (segment boundaries).
-    pub paths: Option<Vec<String>>,
+    /// Path prefixes (segment boundaries), matched under the app's path
+    /// rule ([`crate::path::CanonicalPath::is_under`]).
+    pub paths: Option<Vec<PathPrefix>>,
 }
 
 /// What a policy asks for once it applies.
@@ -405,6 +410,9 @@ pub struct AppIndex {
     pub assignment: Principals,
     /// Indexes into [`PolicyConfig::policies`].
     pub policies: Vec<usize>,
+    /// The app's path-equivalence rule ([`crate::path`]; the strict default
+    /// unless `apps.<id>.path_rules` loosens it).
+    pub path_rules: PathRules,
 }
 
 /// The validated conditional-access configuration.
@@ -769,6 +777,7 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
             AppIndex {
                 assignment: p,
                 policies: Vec::new(),
+                path_rules: entry.path_rules.unwrap_or_default(),
             },
         );
     }
@@ -906,22 +915,29 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
                 if ps.is_empty() {
                     return Err(err(format!("{cf}.paths"), "list at least one path prefix"));
                 }
+                // Checked under the path rule of every app the policy can
+                // judge: the apps it names (`*`: every app of the registry;
+                // requests for any other app are denied before any policy).
+                // Without apps, under the default rule.
+                let mut rule_sets = vec![];
+                for a in &rp.apps {
+                    if a == "*" {
+                        rule_sets.extend(apps.values().map(|x| x.path_rules));
+                    } else {
+                        rule_sets.extend(apps.get(a).map(|x| x.path_rules));
+                    }
+                }
+                if rule_sets.is_empty() {
+                    rule_sets.push(PathRules::default());
+                }
                 let mut out = Vec::new();
                 for (i, p) in ps.iter().enumerate() {
                     let f = format!("{cf}.paths[{i}]");
-                    if p.contains(['?', '#']) {
-                        return Err(err(f, "a path prefix has no query or fragment"));
+                    let mut prefix = None;
+                    for rules in &rule_sets {
+                        prefix = Some(rules.prefix(p).map_err(|e| err(&f, e))?);
                     }
-                    match crate::path::normalize(p) {
-                        Ok(n) if n == *p => out.push(n),
-                        Ok(n) => {
-                            return Err(err(
-                                f,
-                                format!("`{p}` is not in normal form (write `{n}`)"),
-                            ))
-                        }
-                        Err(e) => return Err(err(f, format!("`{p}`: {e}"))),
-                    }
+                    out.extend(prefix);
                 }
                 Some(out)
             }

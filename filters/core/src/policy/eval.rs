@@ -2,6 +2,7 @@
 //!
 //! Rules, in order:
 //! 1. An app the configuration does not define is refused (`not_assigned`).
+//!    A path the app's path rule refuses is refused (`ambiguous_path`).
 //!    Every defined app has an assignment (users, groups, `open` for every
 //!    signed-in user, or `*` for everyone): whoever it does not cover is
 //!    refused (`not_assigned`); an anonymous request is sent to sign in first.
@@ -30,6 +31,7 @@ use super::config::{
 };
 use crate::denial::Denial;
 use crate::identity::Identity;
+use crate::path::{CanonicalPath, PathRefusal};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -46,7 +48,8 @@ pub struct Request<'a> {
     pub country: Option<&'a str>,
     /// The HTTP method.
     pub method: &'a str,
-    /// The normalised path ([`crate::path::normalize`]).
+    /// The request's `:path` as received (a query is ignored): the app's
+    /// path rule ([`crate::path`]) judges it before any policy.
     pub path: &'a str,
     /// The `User-Agent` header.
     pub user_agent: Option<&'a str>,
@@ -188,6 +191,8 @@ pub enum DenyCode<'c> {
     RiskTooHigh,
     /// `mfa_required` (a step-up that came back without MFA).
     MfaRequired,
+    /// `ambiguous_path`: the app's path rule refused the path, before any policy.
+    AmbiguousPath(PathRefusal),
 }
 
 impl DenyCode<'_> {
@@ -199,6 +204,7 @@ impl DenyCode<'_> {
             DenyCode::LocationBlocked => "location_blocked".into(),
             DenyCode::RiskTooHigh => "risk_too_high".into(),
             DenyCode::MfaRequired => "mfa_required".into(),
+            DenyCode::AmbiguousPath(_) => "ambiguous_path".into(),
         }
     }
 }
@@ -372,6 +378,8 @@ fn in_set(set: &LocationSet, locations: &[Location], req: &Request<'_>) -> bool 
 
 /// Per-request values computed once.
 struct Facts<'a> {
+    /// The path under the app's rule.
+    path: CanonicalPath<'a>,
     user_agent: Option<&'a str>,
     /// Computed on first use: most policies have no platform condition.
     platform: std::cell::Cell<Option<Platform>>,
@@ -406,10 +414,7 @@ fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts<'_>)
         }
     }
     if let Some(paths) = &c.paths {
-        if !paths
-            .iter()
-            .any(|pre| crate::path::has_prefix(req.path, pre))
-        {
+        if !paths.iter().any(|pre| facts.path.is_under(pre)) {
             return false;
         }
     }
@@ -581,12 +586,28 @@ pub fn evaluate<'c>(cfg: &'c PolicyConfig, req: &Request<'_>) -> Evaluation<'c> 
             results: Vec::new(),
         };
     };
+    // The path rule first: a path some backend could read as another one is
+    // refused before any policy (or the assignment) is looked at.
+    let path = match index.path_rules.canonicalize(req.path) {
+        Ok(p) => p,
+        Err(why) => {
+            return Evaluation {
+                decision: Decision::Deny {
+                    code: DenyCode::AmbiguousPath(why),
+                    policy: None,
+                    unmet: Vec::new(),
+                },
+                results: Vec::new(),
+            }
+        }
+    };
     let claim = |name: &str| {
         req.identity
             .and_then(|id| id.claims.get(name))
             .map(String::as_str)
     };
     let facts = Facts {
+        path,
         user_agent: req.user_agent,
         platform: std::cell::Cell::new(None),
         client_type: if req.browser {
@@ -815,8 +836,10 @@ impl Decision<'_> {
         else {
             return None;
         };
-        if *code == DenyCode::NotAssigned {
-            return Some(Denial::NotAssigned);
+        match code {
+            DenyCode::NotAssigned => return Some(Denial::NotAssigned),
+            DenyCode::AmbiguousPath(why) => return Some(Denial::AmbiguousPath(*why)),
+            _ => {}
         }
         let base = match code {
             DenyCode::LocationBlocked => "Access from your location is blocked",
