@@ -388,13 +388,15 @@ pub fn on_request(
                 skew_secs: settings.skew_secs,
                 now,
             };
-            return match token::validate_token(token, keys, &checks) {
-                Ok(t) => {
-                    // Bearer requests are not cached: each gets its own assertion.
-                    let id = session::identity_from_token(settings, &t, now);
-                    let (assertion, _) = session::sign_assertion(settings, &id, now);
-                    continue_with(id, assertion, remove, forwarded)
-                }
+            // A token validated before comes from the cache with its
+            // assertion: the signature check and the Ed25519 signature run
+            // once per token and worker.
+            let validated = sessions.bearer(settings, &app.id, token, now, || {
+                token::validate_token(token, keys, &checks)
+                    .map(|t| session::identity_from_token(settings, &t, now))
+            });
+            return match validated {
+                Ok(s) => continue_with(s.identity, s.assertion, remove, forwarded),
                 Err(e) => Decision::Respond {
                     response: Response::from_denial(
                         e.denial().render_as(req.request_id, Format::Json),

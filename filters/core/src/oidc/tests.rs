@@ -87,6 +87,26 @@ impl World {
         path: &str,
         headers: &[(String, String)],
     ) -> Decision {
+        self.with_cache(
+            route,
+            host,
+            path,
+            headers,
+            NOW,
+            &mut session::SessionCache::default(),
+        )
+    }
+
+    /// A request answered with the worker's session cache `cache` at `now`.
+    fn with_cache(
+        &self,
+        route: RouteApp<'_>,
+        host: &str,
+        path: &str,
+        headers: &[(String, String)],
+        now: u64,
+        cache: &mut session::SessionCache,
+    ) -> Decision {
         let req = RequestView {
             method: "GET",
             path,
@@ -101,9 +121,9 @@ impl World {
             &self.owned,
             &req,
             self.provider(),
-            NOW,
+            now,
             &mut counter(),
-            &mut session::SessionCache::default(),
+            cache,
         )
     }
 }
@@ -973,6 +993,86 @@ fn bearer_requests_carry_an_assertion_too() {
         Decision::Continue { add, .. } => assert!(assertion_of(&add).is_some()),
         other => panic!("{other:?}"),
     }
+}
+
+/// A bearer token validated once is answered from the worker's cache with its
+/// assertion (one signature per token and worker, as for session cookies);
+/// a token differing in any byte is checked in full and refused, an expired
+/// one is refused, and a cookie whose value is the token is no session.
+#[test]
+fn bearer_tokens_are_validated_and_signed_once_per_worker() {
+    let config =
+        PreauthConfig::from_json(config_json(r#","bearer":{"audience":"api://hr"}"#).as_bytes())
+            .unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    let mut c = claims_at(NOW).with_audience("api://hr");
+    c.nonce = None;
+    let token = keys().es.sign(c).unwrap();
+    let auth = format!("Bearer {token}");
+    let cache = &mut session::SessionCache::default();
+    let mut seen = vec![];
+    for _ in 0..3 {
+        match w.with_cache(
+            RouteApp::Absent,
+            "hr.localhost",
+            "/api",
+            &h(&[("authorization", &auth)]),
+            NOW,
+            cache,
+        ) {
+            Decision::Continue { add, .. } => seen.push(assertion_of(&add).unwrap().to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(cache.signatures(), 1);
+    assert_eq!(cache.hits(), 2);
+    assert!(seen.iter().all(|a| *a == seen[0]));
+    // One byte of the signature changed: validated in full, refused, not kept.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = format!("Bearer {}", String::from_utf8(forged).unwrap());
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("authorization", &forged)]),
+        NOW,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(cache.len(), 1);
+    // The token as a session cookie value is not a session.
+    let cookie = format!(
+        "{}={token}",
+        w.config.apps[0].oidc.as_ref().unwrap().cookie.name
+    );
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("cookie", &cookie)]),
+        NOW,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    // Past its expiry the cached token is refused like any other.
+    let later = NOW + 7 * 24 * 3600;
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("authorization", &auth)]),
+        later,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(cache.hits(), 2);
 }
 
 #[test]
