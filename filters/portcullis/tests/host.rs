@@ -181,6 +181,32 @@ fn one_filter_runs_every_stage_in_chain_order() {
     assert_eq!(r.status, 302);
     assert!(r.header("location").unwrap().starts_with(ISS));
 
+    // The redirect's own cookies go back to the browser as preauth set them:
+    // the cookie stage, after preauth, never sees a reply preauth made (Envoy
+    // runs a local reply back through the filters before the one that sent it).
+    let login_cookie = r.header("set-cookie").unwrap();
+    assert!(
+        login_cookie.starts_with("__Host-portcullis-login"),
+        "{login_cookie}"
+    );
+    let reply_headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let reply_headers: Vec<(&str, &str)> = reply_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let mut with_status = vec![(":status", "302")];
+    with_status.extend(reply_headers);
+    p.response_headers(s, &with_status, true).unwrap();
+    assert_eq!(
+        p.response_header(s, "set-cookie").as_deref(),
+        Some(login_cookie.as_str()),
+        "the login cookie is not refused by the cookie stage"
+    );
+
     // With one, conditional access judges the identity preauth passed in
     // memory, and the cookie stage keeps the proxy's cookie from the app.
     let pwd = session_cookie("alice", &["staff"], &["pwd"]);

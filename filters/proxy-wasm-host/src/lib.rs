@@ -274,7 +274,9 @@ impl Pipeline {
                 return Action::Pause;
             }
             host::apply(MapType::HttpRequestHeaders, &plan.edits);
-            state.borrow_mut().cookie_app = plan.app;
+            let mut s = state.borrow_mut();
+            s.cookie_app = plan.app;
+            s.cookie_passed = true;
         }
         Action::Continue
     }
@@ -333,6 +335,12 @@ struct StreamState {
     clear_marker: bool,
     /// The cookie stage's app (index in its `apps`).
     cookie_app: Option<usize>,
+    /// The request went through the cookie stage. Only then does the stage
+    /// see the response: a local reply of an earlier stage (a sign-in
+    /// redirect with the proxy's own cookies, a denial) goes back through the
+    /// stages before it only, as Envoy runs the encoders of a chain up to the
+    /// filter that replied.
+    cookie_passed: bool,
     /// The body rewriter, when this response's body is translated.
     body: Option<BodyRewriter>,
 }
@@ -552,7 +560,11 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let p = Rc::clone(&self.pipeline);
         // In reverse chain order, as Envoy runs the encoders of a chain.
-        if let Some(cookie) = &p.cookie {
+        if let Some(cookie) = p
+            .cookie
+            .as_ref()
+            .filter(|_| self.state.borrow().cookie_passed)
+        {
             let headers = self.get_http_response_headers_bytes();
             let plan = {
                 let s = self.state.borrow();
@@ -587,7 +599,11 @@ impl HttpContext for Stream {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let p = Rc::clone(&self.pipeline);
-        let Some(cookie) = &p.cookie else {
+        let Some(cookie) = p
+            .cookie
+            .as_ref()
+            .filter(|_| self.state.borrow().cookie_passed)
+        else {
             return Action::Continue;
         };
         let Some(mut rewriter) = self.state.borrow_mut().body.take() else {

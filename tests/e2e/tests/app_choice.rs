@@ -213,6 +213,7 @@ fn judge(stack: &Stack, what: &str, r: &HttpResponse) -> Outcome {
 #[test]
 fn every_host_spelling_is_judged_as_the_app_it_is_routed_to() {
     let stack = Stack::start(StackOptions {
+        layout: Default::default(),
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,
@@ -386,6 +387,7 @@ fn every_host_spelling_is_judged_as_the_app_it_is_routed_to() {
 #[test]
 fn the_app_learns_about_the_client_what_envoy_saw() {
     let stack = Stack::start(StackOptions {
+        layout: Default::default(),
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,
