@@ -46,7 +46,8 @@ fn session(stack: &Stack, app: &str) -> String {
         exp: now + 600,
         ..Identity::default()
     };
-    let nonce: [u8; 12] =
+    // The seal's randomness: the 12-byte nonce and the 32-byte salt of format 2.
+    let nonce: [u8; 44] =
         std::array::from_fn(|i| (now as u8).wrapping_add(i as u8) ^ app.len() as u8);
     let sealer = Sealer::new(&[key]).unwrap();
     let value = sealer
