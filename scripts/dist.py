@@ -60,9 +60,14 @@ def version():
 
 
 def git_commit():
+    """The commit built, with `-dirty` when the work tree has changes to tracked files."""
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-        return r.stdout.strip() if r.returncode == 0 else None
+        if r.returncode != 0:
+            return None
+        d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() + ("-dirty" if d.stdout.strip() else "")
     except OSError:
         return None
 
