@@ -5,10 +5,12 @@
 //! that come back into host calls. Everything is unit-tested natively.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod assertion;
 pub mod config;
 pub mod cookies;
 pub mod denial;
+pub mod forwarded;
 pub mod identity;
 pub mod oidc;
 pub mod path;

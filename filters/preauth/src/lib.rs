@@ -10,6 +10,7 @@
 //! a token names an unknown `kid`; the last good keys survive a failed fetch.
 //! Requests that arrive before the provider is known wait and are resumed.
 
+use portcullis_core::app::{Chosen, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::denial::Denial;
 use portcullis_core::oidc::config::{Endpoints, PreauthConfig, ProviderMetadata};
 use portcullis_core::oidc::jwks::{parse_discovery, KeySet};
@@ -602,6 +603,50 @@ fn request_headers() -> Vec<(String, String)> {
         .collect()
 }
 
+/// A property of the stream (`None`: not found).
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// The route wins over the Host. When the Host alone would have chosen
+/// another app, say so (warn: Envoy's domains and the apps' `hosts` disagree);
+/// a Host no app lists under a route that names its app is only a debug line.
+fn log_route_and_host(
+    config: &PreauthConfig,
+    route: RouteApp<'_>,
+    chosen: &Chosen<usize>,
+    host: &str,
+    rid: &str,
+) {
+    match chosen {
+        Chosen::Route {
+            app,
+            host_choice: Some(other),
+        } if other != app => log::warn!(
+            "portcullis-preauth: [{rid}] the route names app `{}` but Host `{}` belongs to app `{}`: the route wins",
+            config.apps[*app].id,
+            host.escape_debug(),
+            config.apps[*other].id
+        ),
+        Chosen::Route {
+            app,
+            host_choice: None,
+        } => log::debug!(
+            "portcullis-preauth: [{rid}] the route names app `{}`; Host `{}` names no app",
+            config.apps[*app].id,
+            host.escape_debug()
+        ),
+        Chosen::UnknownRoute => log::warn!(
+            "portcullis-preauth: [{rid}] refused with route_app_unknown: the route names {}, which no entry of `apps` defines",
+            match route.id() {
+                Some(id) => format!("app `{id}`"),
+                None => "a value that is not an app id".to_string(),
+            }
+        ),
+        _ => {}
+    }
+}
+
 fn header(headers: &[(String, String)], name: &str) -> String {
     headers
         .iter()
@@ -651,18 +696,27 @@ fn decide(vm_rc: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool, timed_out: bo
         id if id.is_empty() => format!("ctx-{context_id}"),
         id => id,
     };
+    // The app Envoy routes to (route metadata), and the address Envoy saw.
+    let route_app = property(&ROUTE_APP_PROPERTY);
+    let client_address = property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
     let req = RequestView {
         method: &method,
         path: &path,
         host: &host,
         headers: &headers,
         request_id: &request_id,
+        route_app: RouteApp::from_property(route_app.as_deref()),
+        client_address: client_address.as_deref(),
     };
     let mut random_ok = true;
     let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
     let (decision, app) = {
         let vm = vm_rc.borrow();
-        let app = vm.config.app_for_host(&host);
+        let chosen = vm.config.select_app(req.route_app, &host);
+        if !resumed {
+            log_route_and_host(&vm.config, req.route_app, &chosen, &host, &request_id);
+        }
+        let app = chosen.app();
         let provider = app.map(|a| vm.provider(a)).unwrap_or_default();
         let d = oidc::on_request(
             &vm.config,

@@ -346,7 +346,18 @@ impl SessionCache {
     pub const CAPACITY: usize = 128;
 
     fn key(app_id: &str, value: &str) -> [u8; 32] {
+        Self::key_of(b'c', app_id, value)
+    }
+
+    /// The key of a bearer token: apart from cookie values by its first byte,
+    /// so a cookie value equal to a token never hits the token's entry.
+    fn bearer_key(app_id: &str, token: &str) -> [u8; 32] {
+        Self::key_of(b'b', app_id, token)
+    }
+
+    fn key_of(kind: u8, app_id: &str, value: &str) -> [u8; 32] {
         let mut h = Sha256::new();
+        h.update([kind]);
         h.update((app_id.len() as u64).to_be_bytes());
         h.update(app_id.as_bytes());
         h.update(value.as_bytes());
@@ -400,6 +411,28 @@ impl SessionCache {
             self.next = slot + 1;
         }
         session
+    }
+
+    /// The identity of a bearer token for `app_id`: from the cache when this
+    /// exact token was validated before and has not expired, otherwise from
+    /// `validate` (the full signature and claim checks), whose identity is
+    /// kept with its signed assertion. Like Envoy's `jwt_authn` token cache,
+    /// a token that validated once is trusted until its `exp` (the cache
+    /// belongs to one configuration); a refused token is never kept, so each
+    /// attempt is checked in full.
+    pub fn bearer<E>(
+        &mut self,
+        settings: &OidcSettings,
+        app_id: &str,
+        token: &str,
+        now: u64,
+        validate: impl FnOnce() -> Result<Identity, E>,
+    ) -> Result<Session, E> {
+        let key = Self::bearer_key(app_id, token);
+        if let Some(s) = self.get(settings, &key, now) {
+            return Ok(s);
+        }
+        Ok(self.insert(settings, key, validate()?, now))
     }
 
     /// Sessions held.
