@@ -1,8 +1,13 @@
 //! The connector's client towards one app's backend: plain HTTP, or HTTPS verified
-//! against a CA bundle and/or SPKI pins; small keep-alive pool; per-app timeout.
+//! against a CA bundle and/or SPKI pins; hyper-util's pooled client (keep-alive
+//! connections per app; a request is retried only when a reused connection turns
+//! out closed before it was sent); per-app timeout.
 
+use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,8 +15,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -21,7 +26,7 @@ use crate::denial::Denial;
 use crate::pki::{self, PinnedVerifier, PIN_MISMATCH};
 
 /// Why a backend request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// TCP connect failed.
     #[error("backend unreachable: {0}")]
@@ -68,16 +73,132 @@ fn tls_error(e: &std::io::Error) -> BackendError {
     }
 }
 
+/// Dials one app's backend (its URL's host and port, whatever the request URI says).
+#[derive(Clone)]
+struct Dialer {
+    authority: String,
+    host: String,
+    port: u16,
+    timeout: Duration,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// A backend connection: plain or TLS.
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = Stream;
+    type Error = BackendError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BackendError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _dst: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let timeout = this.timeout;
+            let ms = timeout.as_millis() as u64;
+            let connect = async {
+                let host = this.host.trim_start_matches('[').trim_end_matches(']');
+                let tcp = TcpStream::connect((host, this.port))
+                    .await
+                    .map_err(|e| BackendError::Unreachable(format!("{}: {e}", this.authority)))?;
+                let _ = tcp.set_nodelay(true);
+                match &this.tls {
+                    Some((connector, name)) => {
+                        let tls = connector
+                            .connect(name.clone(), tcp)
+                            .await
+                            .map_err(|e| tls_error(&e))?;
+                        Ok(Stream::Tls(Box::new(TokioIo::new(tls))))
+                    }
+                    None => Ok(Stream::Plain(TokioIo::new(tcp))),
+                }
+            };
+            tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(|_| BackendError::Timeout(ms))?
+        })
+    }
+}
+
 /// A backend of one app.
 pub struct Backend {
     /// The app's settings.
     pub app: AppSettings,
     authority: String,
-    host: String,
-    port: u16,
     base_path: String,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    pool: Mutex<Vec<http1::SendRequest<BoxBody>>>,
+    scheme: &'static str,
+    client: hyper_util::client::legacy::Client<Dialer, BoxBody>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -88,7 +209,22 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-const POOL_MAX: usize = 64;
+/// Idle keep-alive connections kept per app.
+const POOL_MAX_IDLE: usize = 64;
+/// How long an idle backend connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The first [`BackendError`] in an error's chain.
+fn backend_error(e: &(dyn std::error::Error + 'static)) -> Option<BackendError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(b) = err.downcast_ref::<BackendError>() {
+            return Some(b.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
 
 impl Backend {
     /// Builds the client for `app`.
@@ -140,14 +276,26 @@ impl Backend {
         } else {
             None
         };
+        let dialer = Dialer {
+            authority: authority.clone(),
+            host,
+            port,
+            timeout: Duration::from_millis(app.timeout_ms),
+            tls,
+        };
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .retry_canceled_requests(true)
+            .set_host(false)
+            .build(dialer);
         Ok(Arc::new(Self {
             app,
             authority,
-            host,
-            port,
             base_path,
-            tls,
-            pool: Mutex::new(Vec::new()),
+            scheme: if https { "https" } else { "http" },
+            client,
         }))
     }
 
@@ -161,82 +309,32 @@ impl Backend {
         format!("{}{}", self.base_path, path_and_query)
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<BoxBody>, BackendError> {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, self.port))
-            .await
-            .map_err(|e| BackendError::Unreachable(format!("{}: {e}", self.authority)))?;
-        let _ = tcp.set_nodelay(true);
-        let builder = http1::Builder::new();
-        match &self.tls {
-            Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| tls_error(&e))?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-        }
-    }
-
-    fn pooled(&self) -> Option<http1::SendRequest<BoxBody>> {
-        let mut pool = self.pool.lock().ok()?;
-        while let Some(s) = pool.pop() {
-            if s.is_ready() && !s.is_closed() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
     /// Sends `req` (origin-form URI, headers ready) and waits for the response headers.
     /// The app's timeout covers connecting and, once the request body has been sent
     /// (`body_done` fires or is dropped; `None` = no body), the wait for the response
     /// headers — a long upload is not cut short. The response body streams afterwards.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<BoxBody>,
+        mut req: Request<BoxBody>,
         body_done: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, BackendError> {
         let timeout = Duration::from_millis(self.app.timeout_ms);
         let timed_out = || BackendError::Timeout(self.app.timeout_ms);
-        let mut sender = match self.pooled() {
-            Some(s) => s,
-            None => tokio::time::timeout(timeout, self.connect())
-                .await
-                .map_err(|_| timed_out())??,
-        };
-        let fut = sender.send_request(req);
-        let this = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                if let Ok(mut pool) = this.pool.lock() {
-                    if pool.len() < POOL_MAX {
-                        pool.push(sender);
-                    }
-                }
-            }
-        });
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        *req.uri_mut() = format!("{}://{}{pq}", self.scheme, self.authority)
+            .parse()
+            .map_err(|_| BackendError::Settings("request path".into()))?;
+        let fut = self.client.request(req);
         let fut = async move {
-            fut.await
-                .map_err(|e| BackendError::Protocol(crate::error_chain(&e)))
+            fut.await.map_err(|e| match backend_error(&e) {
+                Some(b) => b,
+                None => BackendError::Protocol(crate::error_chain(&e)),
+            })
         };
         tokio::pin!(fut);
         if let Some(done) = body_done {

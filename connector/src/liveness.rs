@@ -100,8 +100,10 @@ impl Liveness {
     }
 }
 
-/// How long a tunnel may stay silent: two keepalive intervals and a second. Keepalive
-/// pings make a live peer answer at least once per interval.
-pub(crate) fn silence_limit(keepalive: Duration) -> Duration {
-    keepalive * 2 + Duration::from_secs(1)
+/// How long a tunnel may stay silent: a keepalive ping goes out after `keepalive`
+/// without data and must be answered within `ping_timeout`; a second more for the
+/// watchdog's own tick. Under load data keeps arriving, so a busy tunnel is never
+/// taken for a silent one.
+pub(crate) fn silence_limit(keepalive: Duration, ping_timeout: Duration) -> Duration {
+    keepalive + ping_timeout + Duration::from_secs(1)
 }

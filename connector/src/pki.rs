@@ -14,6 +14,7 @@ use rcgen::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
@@ -54,19 +55,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Parses every certificate in a PEM text.
 pub fn parse_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::Parse(e.to_string()))
 }
 
 /// Parses the first private key in a PEM text.
 pub fn parse_key_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| PkiError::Parse(e.to_string()))?
-        .ok_or_else(|| PkiError::Parse("no private key in PEM".into()))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            PkiError::Parse("no private key in PEM".into())
+        }
+        e => PkiError::Parse(e.to_string()),
+    })
 }
 
-/// Writes a file readable by its owner only (mode 0600), atomically (temp file + rename).
+/// Writes a file readable by its owner only (mode 0600), atomically (temp file,
+/// fsync, rename, fsync of the directory): a crash leaves the old file or the new one.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
@@ -79,7 +84,17 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
         .map_err(io_err(&tmp))?;
     f.write_all(contents).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of a certificate.
@@ -289,6 +304,19 @@ impl EdgeCa {
         days: u32,
         now: SystemTime,
     ) -> Result<String, PkiError> {
+        let not_after = now + Duration::from_secs(u64::from(days) * 86_400);
+        self.sign_connector_csr_until(csr_pem, id, group, not_after, now)
+    }
+
+    /// [`EdgeCa::sign_connector_csr`] valid until `not_after`.
+    pub fn sign_connector_csr_until(
+        &self,
+        csr_pem: &str,
+        id: &str,
+        group: &str,
+        not_after: SystemTime,
+        now: SystemTime,
+    ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -301,7 +329,7 @@ impl EdgeCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = to_offset(now - Duration::from_secs(60));
-        params.not_after = to_offset(now + Duration::from_secs(u64::from(days) * 86_400));
+        params.not_after = to_offset(not_after);
         params.serial_number = Some(random_serial());
         let signed = CertificateSigningRequestParams {
             params,

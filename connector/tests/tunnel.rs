@@ -130,7 +130,7 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
         let got = register_with(&w, token, &dir).await;
         assert_eq!(got, Err((status, code.to_string())), "{what}");
         assert!(
-            !dir.join("cert.pem").exists(),
+            !dir.join("identity.pem").exists(),
             "{what}: nothing may be issued"
         );
     }
@@ -146,11 +146,14 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
     let dir = w.dir.path().join("ok-role");
     assert_eq!(register_with(&w, w.idp.admin_token(), &dir).await, Ok(()));
     use std::os::unix::fs::PermissionsExt;
-    for f in ["key.pem", "cert.pem"] {
-        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{f}");
-    }
-    let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let f = "identity.pem";
+    let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{f}");
+    let pem = std::fs::read_to_string(dir.join(f)).unwrap();
+    assert!(
+        pem.contains("PRIVATE KEY") && pem.contains("CERTIFICATE"),
+        "key and certificate in one file"
+    );
     let der = portcullis_connector::pki::parse_certs_pem(&pem)
         .unwrap()
         .remove(0);
@@ -292,6 +295,8 @@ async fn client_certificates_from_another_ca_or_expired_are_refused() {
     // The connector itself refuses to start with an expired certificate.
     let cdir = w.dir.path().join("cexp");
     let cfg = register(&w.edge, &w.idp, &cdir, "default").await;
+    // The layout of older connectors (key.pem, cert.pem) is still read.
+    std::fs::remove_file(cdir.join("identity.pem")).unwrap();
     std::fs::write(cdir.join("cert.pem"), &expired).unwrap();
     std::fs::write(cdir.join("key.pem"), &key_pem).unwrap();
     let (_t, s) = portcullis_connector::Shutdown::new();
@@ -684,7 +689,7 @@ async fn renewal_switches_certificates_without_dropping_open_streams() {
         1
     );
     // The stored certificate is the new one.
-    let pem = std::fs::read_to_string(w.dir.path().join("c1/cert.pem")).unwrap();
+    let pem = std::fs::read_to_string(w.dir.path().join("c1/identity.pem")).unwrap();
     let der = portcullis_connector::pki::parse_certs_pem(&pem)
         .unwrap()
         .remove(0);

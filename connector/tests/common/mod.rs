@@ -53,7 +53,8 @@ impl Idp {
             Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(600))
                 .with_issuer(ISSUER)
                 .with_audience(aud)
-                .with_subject("admin@tenant-a");
+                .with_subject("admin@tenant-a")
+                .with_jwt_id(format!("{:032x}", rand_u128()));
         let now = Clock::now_since_epoch().as_secs() as i64;
         claims.expires_at = Some(UnixTimeStamp::from_secs((now + valid_secs) as u64));
         if valid_secs < 0 {
@@ -71,6 +72,23 @@ impl Idp {
             AUDIENCE,
         )
     }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    (u128::from(h.finish()) << 64)
+        | u128::from(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
 }
 
 pub fn app(name: &str, group: &str, url: &str) -> AppConfig {
@@ -101,6 +119,10 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
         advertised_tunnel_addresses: Vec::new(),
         app_header: "x-portcullis-app".into(),
         trusted_proxies: vec!["127.0.0.1".into()],
+        proxy_cookies: Default::default(),
+        store: Default::default(),
+        limits: Default::default(),
+        outlier: Default::default(),
         admin: AdminConfig {
             jwks_file: Some(jwks.to_path_buf()),
             jwks_url: None,
@@ -114,12 +136,15 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
             groups_claim: "groups".into(),
             admin_groups: vec!["connector-admins".into()],
             leeway_seconds: 30,
+            registrations_per_token: 1,
         },
         groups: vec!["default".into(), "other".into()],
         apps,
         client_cert_days: 365,
+        connector_max_lifetime_days: 730,
         config_refresh_seconds: 300,
         keepalive_seconds: 5,
+        ping_timeout_seconds: 3,
         drain_seconds: 5,
         max_request_headers_kb: 96,
         identity_headers: Vec::new(),

@@ -5,6 +5,7 @@
 pub mod envoy;
 pub mod idp;
 pub mod loadgen;
+pub mod redis;
 pub mod sample_app;
 pub mod stack;
 
