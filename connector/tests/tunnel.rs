@@ -817,62 +817,6 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
     w.edge.stop().await;
 }
 
-/// A TCP relay whose existing connections can be frozen (bytes stop, sockets stay open):
-/// a peer that died without closing. Connections made after a freeze flow normally.
-async fn freezable_relay(
-    upstream: std::net::SocketAddr,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let epoch = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let e = epoch.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((inbound, _)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let born = e.load(Ordering::SeqCst);
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            for (mut r, mut w) in [
-                (
-                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                ),
-                (Box::new(ro), Box::new(wi)),
-            ] {
-                let e = e.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match r.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if e.load(Ordering::SeqCst) != born {
-                            // Frozen: swallow everything, never close.
-                            std::future::pending::<()>().await;
-                        }
-                        if w.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
-    (addr, epoch)
-}
-
 #[tokio::test]
 async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     use std::sync::atomic::Ordering;
