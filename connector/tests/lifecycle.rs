@@ -84,13 +84,22 @@ async fn a_revoked_connector_loses_its_tunnels_within_a_second_and_copies_of_its
     // The copied key: no configuration, no renewal, no tunnel.
     let tunnel = w.edge.handle.tunnel_addr;
     let (status, body) = connector_api_call(tunnel, &copy, Method::GET, "/v1/config", None).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("connector_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("connector_revoked"))
+    );
     let (status, body) =
         connector_api_call(tunnel, &copy, Method::POST, "/v1/renew", Some(csr())).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("connector_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("connector_revoked"))
+    );
     let fake = fake_connector(tunnel, &copy, 200, "none").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(w.edge.handle.tunnels().is_empty(), "no tunnel for a revoked connector");
+    assert!(
+        w.edge.handle.tunnels().is_empty(),
+        "no tunnel for a revoked connector"
+    );
     assert!(fake.is_finished(), "the edge closed the copy's tunnel");
 
     // The connector itself learns it at its next pull and stops.
@@ -99,7 +108,10 @@ async fn a_revoked_connector_loses_its_tunnels_within_a_second_and_copies_of_its
     let list = admin.list_connectors(&w.idp.admin_token()).await.unwrap();
     let entry = list.connectors.iter().find(|e| e.id == id).unwrap();
     let r = entry.revoked.as_ref().unwrap();
-    assert_eq!((r.by.as_str(), r.reason.as_deref()), ("admin@tenant-a", Some("state copied")));
+    assert_eq!(
+        (r.by.as_str(), r.reason.as_deref()),
+        ("admin@tenant-a", Some("state copied"))
+    );
     assert!(w.edge.handle.metrics().errors_with("connector_revoked") >= 3);
     c.trigger.trigger();
     let stopped = tokio::time::timeout(Duration::from_secs(10), c.handle.wait())
@@ -146,9 +158,18 @@ async fn revocation_survives_an_edge_restart_with_the_embedded_store() {
     let file = w.edge.file.clone();
     w.edge.stop().await;
     let edge = start_edge(file).await;
-    let (status, body) =
-        connector_api_call(edge.handle.tunnel_addr, &dir, Method::GET, "/v1/config", None).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("connector_revoked")));
+    let (status, body) = connector_api_call(
+        edge.handle.tunnel_addr,
+        &dir,
+        Method::GET,
+        "/v1/config",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("connector_revoked"))
+    );
     let _fake = fake_connector(edge.handle.tunnel_addr, &dir, 200, "none").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(edge.handle.tunnels().is_empty());
@@ -166,7 +187,9 @@ async fn renewal_never_extends_an_identity_past_its_absolute_lifetime() {
     register(&w.edge, &w.idp, &dir, "default").await;
     let tunnel = w.edge.handle.tunnel_addr;
     let not_after = |pem: &str| {
-        let der = portcullis_connector::pki::parse_certs_pem(pem).unwrap().remove(0);
+        let der = portcullis_connector::pki::parse_certs_pem(pem)
+            .unwrap()
+            .remove(0);
         portcullis_connector::pki::ConnectorIdentity::from_cert(&der)
             .unwrap()
             .not_after
@@ -183,8 +206,12 @@ async fn renewal_never_extends_an_identity_past_its_absolute_lifetime() {
     let registry = w.edge.handle.registry();
     let id = {
         let both = std::fs::read_to_string(dir.join("identity.pem")).unwrap();
-        let der = portcullis_connector::pki::parse_certs_pem(&both).unwrap().remove(0);
-        portcullis_connector::pki::ConnectorIdentity::from_cert(&der).unwrap().id
+        let der = portcullis_connector::pki::parse_certs_pem(&both)
+            .unwrap()
+            .remove(0);
+        portcullis_connector::pki::ConnectorIdentity::from_cert(&der)
+            .unwrap()
+            .id
     };
     let mut record = registry.record(&id).await.unwrap().unwrap();
     let now = portcullis_connector::registry::unix_now();
@@ -194,16 +221,17 @@ async fn renewal_never_extends_an_identity_past_its_absolute_lifetime() {
         connector_api_call(tunnel, &dir, Method::POST, "/v1/renew", Some(csr())).await;
     assert_eq!(status, 200, "{body}");
     let end = not_after(body["certificate_pem"].as_str().unwrap());
-    let secs = end
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let secs = end.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(secs <= now + 5 * 86_400, "cut at the identity's end");
     record.identity_expires_at = now + 60;
     registry.register(&record).await.unwrap();
     let (status, body) =
         connector_api_call(tunnel, &dir, Method::POST, "/v1/renew", Some(csr())).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("identity_expired")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("identity_expired")),
+        "{body}"
+    );
     w.edge.stop().await;
 }
 
@@ -273,7 +301,10 @@ async fn wait_tunnels_up(metrics_port: u16, n: u64, secs: u64) -> Duration {
         if tunnels_up(metrics_port).await == Some(n) {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(secs), "{n} tunnels on :{metrics_port}");
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{n} tunnels on :{metrics_port}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -301,8 +332,9 @@ async fn two_edge_processes_on_one_redis_agree_on_a_revocation_made_with_the_cli
     })
     .await
     .unwrap();
-    let mut cfg = portcullis_connector::config::ConnectorConfigFile::load(&cdir.join("connector.json"))
-        .unwrap();
+    let mut cfg =
+        portcullis_connector::config::ConnectorConfigFile::load(&cdir.join("connector.json"))
+            .unwrap();
     cfg.edges = vec![a.tunnel.to_string(), b.tunnel.to_string()];
     cfg.tunnels_per_edge = 1;
     cfg.backoff_initial_ms = 50;
@@ -322,21 +354,31 @@ async fn two_edge_processes_on_one_redis_agree_on_a_revocation_made_with_the_cli
             .arg(&token_file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let listed = cli(&b, &["list"]);
     let id = c.handle.connector_id();
-    assert!(listed.contains(&id) && listed.contains("127.0.0.1"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("127.0.0.1"),
+        "{listed}"
+    );
     // Revoke with the CLI at A: B drops its tunnel within a second too.
     let t = Instant::now();
     let out = cli(&a, &["revoke", &id, "--reason", "test"]);
     assert!(out.contains(&id), "{out}");
     wait_tunnels_up(a.metrics, 0, 1).await;
     wait_tunnels_up(b.metrics, 0, 1).await;
-    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
-    let json: serde_json::Value =
-        serde_json::from_str(&cli(&b, &["list", "--json"])).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli(&b, &["list", "--json"])).unwrap();
     let entry = json["connectors"]
         .as_array()
         .unwrap()
@@ -347,7 +389,10 @@ async fn two_edge_processes_on_one_redis_agree_on_a_revocation_made_with_the_cli
     assert_eq!(entry["revoked"]["reason"], "test");
     // Both refuse the connector from now on, and keep doing so after a restart.
     let (status, body) = connector_api_call(b.tunnel, &cdir, Method::GET, "/v1/config", None).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("connector_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("connector_revoked"))
+    );
     drop(b);
     let b = edge_process(dir.path(), "edge-b2", &idp, &backend, &redis.url());
     wait_tunnels_up(b.metrics, 0, 20).await;

@@ -85,13 +85,43 @@ pub(crate) struct Limits {
     pub header_read_timeout: Duration,
     /// Unauthenticated connections (TLS handshakes, registration port), by source.
     pub pending: Arc<ConnLimiter<IpAddr>>,
+    /// The same for sources a connector authenticated from lately: a budget of
+    /// their own, so a flood from elsewhere cannot keep connectors out.
+    pub known_pending: Arc<ConnLimiter<IpAddr>>,
+    /// Sources a connector authenticated from (bounded).
+    pub known: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
     /// Authenticated connections (tunnels, API calls), by connector id.
     pub tunnels: Arc<ConnLimiter<String>>,
     pub rate: RateLimiter,
     pub registrations: Arc<tokio::sync::Semaphore>,
 }
 
+/// Sources remembered as known connector addresses.
+const KNOWN_SOURCES: usize = 10_000;
+
 impl Limits {
+    /// Remembers that a connector authenticated from `ip`.
+    pub fn learn_source(&self, ip: IpAddr) {
+        let mut known = match self.known.lock() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        };
+        if known.len() >= KNOWN_SOURCES && !known.contains_key(&ip) {
+            if let Some(oldest) = known.iter().min_by_key(|(_, t)| **t).map(|(ip, _)| *ip) {
+                known.remove(&oldest);
+            }
+        }
+        known.insert(ip, std::time::Instant::now());
+    }
+
+    /// Whether a connector authenticated from `ip` lately.
+    pub fn is_known_source(&self, ip: IpAddr) -> bool {
+        self.known
+            .lock()
+            .map(|k| k.contains_key(&ip))
+            .unwrap_or(false)
+    }
+
     /// Caps left unset take a share of the descriptor limit `nofile`: a quarter for
     /// unauthenticated connections, half for tunnels; the last quarter stays for
     /// Envoy's connections, backends, the store and files.
@@ -103,6 +133,11 @@ impl Limits {
             handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             pending: ConnLimiter::new(pending, l.max_pending_per_source),
+            known_pending: ConnLimiter::new(
+                (pending / 4).max(16),
+                l.max_pending_per_source.saturating_mul(4),
+            ),
+            known: std::sync::Mutex::new(std::collections::HashMap::new()),
             tunnels: ConnLimiter::new(tunnels, l.max_tunnels_per_connector),
             rate: RateLimiter::per_minute(l.registrations_per_minute_per_source),
             registrations: Arc::new(tokio::sync::Semaphore::new(l.max_concurrent_registrations)),

@@ -51,7 +51,12 @@ pub(super) fn admit_pending(
     state: &Arc<EdgeState>,
     peer: SocketAddr,
 ) -> Option<crate::limits::Permit<std::net::IpAddr>> {
-    match state.limits.pending.try_acquire(peer.ip()) {
+    let limiter = if state.limits.is_known_source(peer.ip()) {
+        &state.limits.known_pending
+    } else {
+        &state.limits.pending
+    };
+    match limiter.try_acquire(peer.ip()) {
         Ok(p) => Some(p),
         Err(why) => {
             let limit = match why {
@@ -114,6 +119,7 @@ pub(super) async fn connection(
     if tunnel && state.draining.load(Ordering::Relaxed) {
         return;
     }
+    state.limits.learn_source(peer.ip());
     let _permit = match state.limits.tunnels.try_acquire(identity.id.clone()) {
         Ok(p) => p,
         Err(why) => {

@@ -531,14 +531,15 @@ pub async fn freezable_relay(
     (addr, epoch)
 }
 
-
 /// The TLS client configuration of the connector registered in `dir` (its
 /// `identity.pem` and `edge-ca.pem`), offering `alpn`.
 pub fn connector_tls(dir: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     use portcullis_connector::pki;
     let both = std::fs::read_to_string(dir.join("identity.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in pki::parse_certs_pem(&std::fs::read_to_string(dir.join("edge-ca.pem")).unwrap()).unwrap() {
+    for c in
+        pki::parse_certs_pem(&std::fs::read_to_string(dir.join("edge-ca.pem")).unwrap()).unwrap()
+    {
         roots.add(c).unwrap();
     }
     let mut config = rustls::ClientConfig::builder_with_provider(pki::provider())
@@ -568,10 +569,9 @@ pub async fn connector_api_call(
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
