@@ -105,7 +105,7 @@ fn every_subcommand_has_help() {
         ),
         (
             env!("CARGO_BIN_EXE_portcullis-edge"),
-            vec!["run", "check", "fingerprint"],
+            vec!["run", "check", "fingerprint", "connectors"],
         ),
     ] {
         let out = Command::new(bin).arg("--help").output().unwrap();
@@ -258,4 +258,182 @@ async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success());
+}
+
+fn sigterm(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+async fn exit_within(child: &mut std::process::Child, limit: Duration) -> Duration {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "exit status {s:?}");
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_an_idle_edge_at_once_and_a_busy_one_when_its_requests_are_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new(dir.path());
+    let backend = start_backend("hello").await;
+    let port = || portcullis_e2e::free_port().unwrap();
+    let mut file = edge_file(
+        &dir.path().join("edge"),
+        &idp.jwks_path,
+        vec![app("hello", "default", &format!("http://{}", backend.addr))],
+    );
+    let (reg, tunnel, local) = (port(), port(), port());
+    file.listen.registration = format!("127.0.0.1:{reg}");
+    file.listen.tunnel = format!("127.0.0.1:{tunnel}");
+    file.listen.insecure_envoy_h2c_tcp = Some(format!("127.0.0.1:{local}"));
+    file.listen.metrics = None;
+    file.drain_seconds = 30;
+    let path = dir.path().join("edge.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_portcullis-edge"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let edge_url = format!("https://127.0.0.1:{reg}");
+    let ca = dir.path().join("edge/connector-ca.pem");
+    let up = |child: &mut std::process::Child| {
+        let _ = child;
+        async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while tokio::net::TcpStream::connect(("127.0.0.1", reg))
+                .await
+                .is_err()
+            {
+                assert!(std::time::Instant::now() < deadline, "edge did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut child = spawn();
+    up(&mut child).await;
+    portcullis_connector::connector::register(&portcullis_connector::connector::RegisterOptions {
+        edge_url,
+        token: idp.admin_token(),
+        state_dir: dir.path().join("c1"),
+        group: None,
+        trust: portcullis_connector::connector::EdgeTrust::CaFile(ca),
+    })
+    .await
+    .unwrap();
+    let mut cfg = portcullis_connector::config::ConnectorConfigFile::load(
+        &dir.path().join("c1/connector.json"),
+    )
+    .unwrap();
+    cfg.backoff_initial_ms = 50;
+    cfg.backoff_max_ms = 200;
+    let c = start_connector(&cfg).await;
+    let client = client();
+    let ask = |path: &str| {
+        let client = client.clone();
+        let r = http::Request::get(format!("http://127.0.0.1:{local}{path}"))
+            .header("x-portcullis-app", "hello")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        async move {
+            match client.request(r).await {
+                Ok(resp) => resp.status().as_u16(),
+                Err(_) => 0,
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ask("/echo").await != 200 {
+        assert!(std::time::Instant::now() < deadline, "no tunnel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Idle (tunnels up, Envoy's connection kept alive): SIGTERM stops it at once.
+    sigterm(child.id());
+    let took = exit_within(&mut child, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle edge took {took:?} (drain is 30 s)"
+    );
+
+    // Busy: the request in flight finishes, then the edge stops, well before 30 s.
+    let mut child = spawn();
+    up(&mut child).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ask("/echo").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connector did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = tokio::spawn(ask("/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(child.id());
+    let took = exit_within(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(slow.await.unwrap(), 200, "the request in flight finished");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_connector_whose_edge_accepts_tcp_and_never_answers_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = mute.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = accepted.clone();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            if let Ok((s, _)) = mute.accept().await {
+                a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                open.push(s);
+            }
+        }
+    });
+    // A registered connector's state, pointed at the mute edge.
+    let w = world(|b| vec![app("hello", "default", &format!("http://{}", b.addr))]).await;
+    let state = w.dir.path().join("c1");
+    let mut cfg = register(&w.edge, &w.idp, &state, "default").await;
+    w.edge.stop().await;
+    cfg.edges = vec![addr.to_string()];
+    cfg.connect_timeout_seconds = 1;
+    cfg.backoff_max_ms = 500;
+    let path = dir.path().join("connector.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It keeps trying (time-out, backoff, again), not 3 attempts and a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} attempts",
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(child.id());
+    let took = exit_within(&mut child, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    held.abort();
 }

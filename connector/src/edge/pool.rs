@@ -70,6 +70,8 @@ struct Inner {
 pub(crate) struct TunnelPool {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// Rotates the choice among equally loaded tunnels.
+    turn: AtomicU64,
     /// Tunnel connections still running (in the pool or closing).
     running: AtomicUsize,
     ended: Notify,
@@ -158,11 +160,12 @@ impl TunnelPool {
     /// not in `avoid` first, then any healthy one, then any.
     pub(crate) fn pick(&self, group: &str, tried: &[u64], avoid: &[String]) -> Option<Picked> {
         let now = Instant::now();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         let Inner {
             tunnels, health, ..
         } = &mut *inner;
-        let mut best: Option<(u8, usize, u64)> = None;
+        let mut best: Option<(u8, usize, u64, u64)> = None;
         for (id, t) in tunnels.iter() {
             if t.identity.group != group || tried.contains(id) || !t.sender.is_ready() {
                 continue;
@@ -177,11 +180,12 @@ impl TunnelPool {
                 (true, _) => 2,
             };
             let load = t.inflight.load(Ordering::Relaxed);
-            if best.is_none_or(|(r, l, _)| (rank, load) < (r, l)) {
-                best = Some((rank, load, *id));
+            let order = id.wrapping_sub(turn);
+            if best.is_none_or(|(r, l, o, _)| (rank, load, order) < (r, l, o)) {
+                best = Some((rank, load, order, *id));
             }
         }
-        let (_, _, id) = best?;
+        let (_, _, _, id) = best?;
         let t = tunnels.get(&id)?;
         Some(Picked {
             id,
