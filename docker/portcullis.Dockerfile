@@ -13,11 +13,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --locked --release \
+RUN cargo build --locked --profile native \
         -p portcullis-connector --bin portcullis-edge --bin portcullis-connector \
         -p portcullis-e2e --bin sample-app \
  && mkdir -p /out \
- && cp target/release/portcullis-edge target/release/portcullis-connector target/release/sample-app /out/
+ && cp target/native/portcullis-edge target/native/portcullis-connector target/native/sample-app /out/
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: for https JWKS URLs and CA-verified backends. No shell tools beyond bash are

@@ -16,7 +16,7 @@
 #
 #   docker/rehearse.sh          (scripts/check-deploy.sh --rehearse runs it)
 # Needs: make build (the .wasm files), portcullis-edge, portcullis-connector and sample-app
-# (PORTCULLIS_BIN_DIR, else target/release or target/debug), node with tests/idp's packages,
+# (PORTCULLIS_BIN_DIR, else target/native or target/debug), node with tests/idp's packages,
 # .tools/venv/bin/envoy, curl.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,7 +56,7 @@ mkdir -p /var/lib/portcullis/{edge,edge-public,connector,token,envoy-socket}
 # The images' commands, from this repository.
 bins=${PORTCULLIS_BIN_DIR:-}
 if [[ -z $bins ]]; then
-  for d in target/release target/debug; do
+  for d in target/native target/debug; do
     if [[ -x $d/portcullis-edge && -x $d/portcullis-connector && -x $d/sample-app ]]; then bins=$d; break; fi
   done
 fi

@@ -1,6 +1,6 @@
 //! Side-by-side measurement: direct connection vs edge + tunnel + connector.
 //!
-//! `cargo run --release -p portcullis-connector --example tunnel_bench`
+//! `cargo run --profile native -p portcullis-connector --example tunnel_bench`
 //!
 //! Everything runs on loopback. The edge and the sample app run in this process; the
 //! connector runs in a child process (this same binary, `--as-connector`), so its memory
