@@ -1,7 +1,12 @@
 //! The connector's client towards one app's backend: plain HTTP, or HTTPS verified
 //! against a CA bundle and/or SPKI pins; hyper-util's pooled client (keep-alive
-//! connections per app; a request is retried only when a reused connection turns
-//! out closed before it was sent); per-app timeout.
+//! connections per app); per-app timeout.
+//!
+//! Retries: hyper-util sends a request again when the reused connection it was
+//! queued on closed before the request went out. A bodiless idempotent request
+//! whose established connection failed before any answer (a keep-alive connection
+//! the backend had just closed) is sent once more. Nothing else is retried: a
+//! connect failure is `backend_unreachable`, and the edge may try another connector.
 
 use std::future::Future;
 use std::path::Path;
@@ -214,6 +219,14 @@ const POOL_MAX_IDLE: usize = 64;
 /// How long an idle backend connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 /// The first [`BackendError`] in an error's chain.
 fn backend_error(e: &(dyn std::error::Error + 'static)) -> Option<BackendError> {
     let mut cur = Some(e);
@@ -329,12 +342,35 @@ impl Backend {
         *req.uri_mut() = format!("{}://{}{pq}", self.scheme, self.authority)
             .parse()
             .map_err(|_| BackendError::Settings("request path".into()))?;
-        let fut = self.client.request(req);
+        // A bodiless idempotent request can be sent again as it is.
+        let again = (body_done.is_none() && idempotent(req.method())).then(|| {
+            let mut r = Request::new(empty());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+        let client = self.client.clone();
         let fut = async move {
-            fut.await.map_err(|e| match backend_error(&e) {
-                Some(b) => b,
-                None => BackendError::Protocol(crate::error_chain(&e)),
-            })
+            let classify = |e: hyper_util::client::legacy::Error| match backend_error(&e) {
+                Some(b) => Err(b),
+                None if e.is_connect() => Err(BackendError::Unreachable(crate::error_chain(&e))),
+                None => Ok(BackendError::Protocol(crate::error_chain(&e))),
+            };
+            match client.request(req).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    // A connection that failed before any answer (a pooled one the
+                    // backend had closed): once more for a request that may be repeated.
+                    let failed = classify(e)?;
+                    match again {
+                        Some(r) => client.request(r).await.map_err(|e| match classify(e) {
+                            Ok(b) | Err(b) => b,
+                        }),
+                        None => Err(failed),
+                    }
+                }
+            }
         };
         tokio::pin!(fut);
         if let Some(done) = body_done {

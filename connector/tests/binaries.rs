@@ -437,3 +437,29 @@ async fn sigterm_ends_a_connector_whose_edge_accepts_tcp_and_never_answers_tls()
     assert!(took < Duration::from_secs(2), "{took:?}");
     held.abort();
 }
+
+#[test]
+fn native_binaries_are_built_to_unwind_and_the_wasm_filters_to_abort() {
+    let root = portcullis_e2e::repo_root();
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let section = |name: &str| -> String {
+        let start = cargo.find(&format!("[profile.{name}]")).unwrap();
+        let rest = &cargo[start + 1..];
+        rest[..rest.find("\n[").unwrap_or(rest.len())].to_string()
+    };
+    // A panic in one task (one request, one tunnel) ends that task only.
+    assert!(section("native").contains("panic = \"unwind\""));
+    assert!(section("native").contains("inherits = \"release\""));
+    // A panic in a filter still aborts its VM (the release profile serves wasm).
+    assert!(section("release").contains("panic = \"abort\""));
+    let build = std::fs::read_to_string(root.join("scripts/build.sh")).unwrap();
+    assert!(build.contains("--profile native -p portcullis-connector"));
+    let image = std::fs::read_to_string(root.join("docker/portcullis.Dockerfile")).unwrap();
+    assert!(image.contains("--profile native"));
+    // The test binaries themselves (debug) unwind: a panicking task is contained.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let joined = rt.block_on(async { tokio::spawn(async { panic!("one task") }).await });
+    assert!(joined.unwrap_err().is_panic());
+}

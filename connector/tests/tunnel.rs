@@ -862,3 +862,106 @@ async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     c.stop().await;
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn the_configured_proxy_cookie_names_are_stripped_on_both_sides_and_cidrs_are_trusted() {
+    let w = world_with(hello, |f| {
+        // The cookie filter's names, not the defaults; Envoy's pod network as a CIDR.
+        f.proxy_cookies = serde_json::from_value(serde_json::json!({
+            "names": ["__Host-gate"], "prefixes": ["gate-"]
+        }))
+        .unwrap();
+        f.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    eventually(10, "config pulled", || c.handle.config().is_some()).await;
+    assert_eq!(
+        c.handle.config().unwrap().proxy_cookies.names,
+        Some(vec!["__Host-gate".to_string()]),
+        "the connector strips the same names"
+    );
+    let r = req(&w.edge, "hello", "/echo")
+        .header(
+            "cookie",
+            "__Host-gate=session; gate-state-1=x; portcullis=app-owned; theme=dark",
+        )
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(portcullis_connector::body::empty())
+        .unwrap();
+    let (status, _, body) = send(&client(), r).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let h = &json(&body)["headers"];
+    assert_eq!(h["cookie"], "portcullis=app-owned; theme=dark");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header named by Connection is hop-by-hop: {h}"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1, 127.0.0.1");
+    c.stop().await;
+    w.edge.stop().await;
+}
+
+/// A backend that closes every keep-alive connection right after its answer,
+/// without saying so (`Connection: close` absent): the pooled connection is dead
+/// when it is reused.
+async fn start_closing_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicU64::new(0));
+    let n = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                // Close without a word.
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_reused_backend_connection_found_closed_is_retried_and_no_request_fails() {
+    let (addr, conns) = start_closing_backend().await;
+    let w = world(|_| vec![app("hello", "default", &format!("http://{addr}"))]).await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    let client = client();
+    for i in 0..30 {
+        let (status, _, body) = get(&client, &w.edge, "hello", "/x").await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+        // Every other time, let the backend close the connection the pool keeps.
+        if i % 2 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        }
+    }
+    assert!(conns.load(std::sync::atomic::Ordering::Relaxed) >= 15);
+    c.stop().await;
+    w.edge.stop().await;
+}
