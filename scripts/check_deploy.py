@@ -288,6 +288,7 @@ KINDS = {
     ("v1", "PersistentVolumeClaim"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }
 
 
@@ -538,15 +539,16 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
         if published - PUBLISHED:
             p.add(w, f"publishes {sorted(published - PUBLISHED)}, only {sorted(PUBLISHED)} may be")
 
-    private = [n for n, v in networks.items() if (v or {}).get("internal")]
+    def nets(name):
+        n = (services.get(name) or {}).get("networks") or {}
+        return set(n if isinstance(n, (list, dict)) else [])
+
+    app_nets = set().union(*[nets(n) for n in services if n.startswith("app-")] or [set()])
+    private = [n for n, v in networks.items() if (v or {}).get("internal") and n in app_nets]
     if len(private) != 1:
         p.add(where, "needs exactly one internal network for the apps")
         return
     private = private[0]
-
-    def nets(name):
-        n = (services.get(name) or {}).get("networks") or {}
-        return set(n if isinstance(n, (list, dict)) else [])
 
     apps = [n for n in services if n.startswith("app-")]
     if not apps:
@@ -583,8 +585,27 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
     if not any(d.endswith("envoy-configs/compose.yaml") for d in mounts):
         p.add(f"{where} service envoy", "does not mount envoy-configs/compose.yaml")
 
-    # The Envoy config, the edge config and the services agree.
+    # The edge's shared store: Redis on a network of its own with the edge only.
     edge = json.loads(edge_json)
+    store = edge.get("store") or {}
+    if store.get("backend") != "redis":
+        p.add("docker/edge.json", "store.backend must be redis (the compose file runs a redis service)")
+    else:
+        m = re.match(r"redis://(?:[^@/]*@)?([a-z][a-z0-9-]*):(\d+)", store.get("url", ""))
+        host = m.group(1) if m else None
+        if host not in services:
+            p.add("docker/edge.json", f"store.url host {host} is no compose service")
+        else:
+            shared = nets(host) & nets("edge")
+            if not shared:
+                p.add(f"{where} service {host}", "the edge cannot reach it")
+            others = [n for n in services if n not in (host, "edge") and nets(n) & nets(host)]
+            if others:
+                p.add(f"{where} service {host}", f"only the edge may reach the store, not {sorted(others)}")
+            if "edge" in services and ((services["edge"].get("depends_on") or {}).get(host) or {}).get("condition") != "service_healthy":
+                p.add(f"{where} service edge", f"must wait for {host} to be healthy")
+
+    # The Envoy config, the edge config and the services agree.
     hosts = set(re.findall(r"address: ([a-z][a-z0-9-]*), port_value", envoy_yaml))
     for h in hosts - set(services):
         p.add("envoy-configs/compose.yaml", f"cluster address {h} is no compose service")
@@ -729,6 +750,15 @@ def self_test(compose, envoy_yaml, edge_json, manifests):
     low = json.loads(edge_json)
     low["max_request_headers_kb"] = 16
     expect("header limit", compose_problems(j=json.dumps(low)), "max_request_headers_kb")
+    embedded = json.loads(edge_json)
+    embedded["store"] = {"backend": "embedded"}
+    expect("store not shared", compose_problems(j=json.dumps(embedded)), "store.backend")
+    c = copy.deepcopy(compose)
+    c["services"]["connector"]["networks"]["store"] = None
+    expect("connector reaches the store", compose_problems(c), "only the edge may reach the store")
+    c = copy.deepcopy(compose)
+    del c["services"]["edge"]["depends_on"]["redis"]
+    expect("edge before redis", compose_problems(c), "wait for redis")
 
     ist = next(k for k in manifests if k.endswith("istio/wasmplugins.yaml"))
     eg = next(k for k in manifests if k.endswith("envoy-gateway/portcullis.yaml"))

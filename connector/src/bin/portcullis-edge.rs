@@ -111,8 +111,10 @@ fn admin_endpoint(a: &AdminArgs) -> anyhow::Result<portcullis_connector::connect
         (Some(u), _) => u.clone(),
         (None, Some(s)) => {
             let addr = s.registration_listen;
+            // Listening on every address: ask on this machine, by a name the edge's
+            // certificate holds (server_names has localhost by default).
             let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_string()
+                "localhost".to_string()
             } else {
                 addr.ip().to_string()
             };

@@ -79,7 +79,10 @@ pub fn bin_dir() -> Result<PathBuf> {
     let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
     for profile in ["native", "debug"] {
         let dir = target.join(profile);
-        let (edge, connector) = (dir.join("portcullis-edge"), dir.join("portcullis-connector"));
+        let (edge, connector) = (
+            dir.join("portcullis-edge"),
+            dir.join("portcullis-connector"),
+        );
         if edge.exists() && connector.exists() {
             let built = std::fs::metadata(&edge)
                 .and_then(|m| m.modified())
