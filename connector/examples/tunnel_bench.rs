@@ -268,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
         keepalive_seconds: 5,
         ping_timeout_seconds: 3,
         drain_seconds: 5,
+        connector_wait_ms: 2_000,
         max_request_headers_kb: 96,
         identity_headers: Vec::new(),
     };

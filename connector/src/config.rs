@@ -82,6 +82,10 @@ pub struct EdgeConfigFile {
     /// Grace period for requests in flight at shutdown, in seconds.
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// How long a request waits for a tunnel of its group when none is up (a
+    /// connector reconnecting, the edge just restarted), in milliseconds; 0 = none.
+    #[serde(default = "default_connector_wait_ms")]
+    pub connector_wait_ms: u64,
     /// Largest request header block accepted from Envoy, in KiB (at least Envoy's
     /// default `max_request_headers_kb`, 60).
     #[serde(default = "default_max_request_headers_kb")]
@@ -440,6 +444,9 @@ fn default_max_lifetime_days() -> u32 {
 fn default_ping_timeout() -> u64 {
     3
 }
+fn default_connector_wait_ms() -> u64 {
+    2_000
+}
 fn default_registrations_per_token() -> u32 {
     1
 }
@@ -591,6 +598,8 @@ pub struct EdgeDynamic {
     pub ping_timeout: Duration,
     /// Drain grace.
     pub drain: Duration,
+    /// Wait for a tunnel when none of the group is up.
+    pub connector_wait: Duration,
     /// Outlier ejection.
     pub outlier: OutlierConfig,
     /// Identity assertion rules by app name (apps without one get none).
@@ -1007,6 +1016,9 @@ impl EdgeConfigFile {
                 "must be at least client_cert_days",
             ));
         }
+        if self.connector_wait_ms > 60_000 {
+            return Err(ConfigError::new("connector_wait_ms", "at most 60000"));
+        }
         let o = &self.outlier;
         if o.consecutive_errors == 0 {
             return Err(ConfigError::new(
@@ -1035,6 +1047,7 @@ impl EdgeConfigFile {
             ping_timeout: Duration::from_secs(self.ping_timeout_seconds),
             outlier: self.outlier.clone(),
             drain: Duration::from_secs(self.drain_seconds),
+            connector_wait: Duration::from_millis(self.connector_wait_ms),
             assertions,
             identity_headers: {
                 identity_headers.sort();

@@ -256,3 +256,26 @@ async fn a_connector_whose_edge_never_answers_tls_keeps_retrying_and_stops_at_on
     assert!(t.elapsed() < Duration::from_secs(2));
     held.abort();
 }
+
+#[tokio::test]
+async fn a_request_waits_for_the_only_connector_to_come_back() {
+    let w = world_with(hello, |f| f.connector_wait_ms = 3_000).await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    c.handle.abort();
+    eventually(5, "tunnels gone", || w.edge.handle.tunnels().is_empty()).await;
+    let client = client();
+    let asked = {
+        let client = client.clone();
+        let r = req(&w.edge, "hello", "/echo")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        tokio::spawn(async move { client.request(r).await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = start_connector(&cfg).await;
+    assert_eq!(asked.await.unwrap(), StatusCode::OK);
+    c.stop().await;
+    w.edge.stop().await;
+}

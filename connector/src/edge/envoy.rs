@@ -339,11 +339,21 @@ async fn forward(
     let group = app.group.clone();
     let outlier = &dynamic.outlier;
     let mut last_failure: Option<Response<BoxBody>> = None;
+    let wait_until = tokio::time::Instant::now() + dynamic.connector_wait;
     for attempt in 0..3 {
         if state.draining.load(Ordering::Relaxed) {
             break;
         }
-        let Some(picked) = state.pool.pick(&group, &tried, &avoid) else {
+        let picked = match state.pool.pick(&group, &tried, &avoid) {
+            Some(p) => Some(p),
+            None => {
+                state
+                    .pool
+                    .pick_or_wait(&group, &tried, &avoid, wait_until)
+                    .await
+            }
+        };
+        let Some(picked) = picked else {
             break;
         };
         tried.push(picked.id);

@@ -75,6 +75,8 @@ pub(crate) struct TunnelPool {
     /// Tunnel connections still running (in the pool or closing).
     running: AtomicUsize,
     ended: Notify,
+    /// Told when a tunnel joins.
+    joined: Notify,
 }
 
 /// A tunnel picked for one request.
@@ -132,10 +134,33 @@ impl TunnelPool {
                 kill: kill.clone(),
             },
         );
+        self.joined.notify_waiters();
         Registration {
             pool: self,
             id,
             kill,
+        }
+    }
+
+    /// [`TunnelPool::pick`], waiting until `deadline` for a tunnel to join when
+    /// none fits (a connector reconnecting, the edge just started).
+    pub(crate) async fn pick_or_wait(
+        &self,
+        group: &str,
+        tried: &[u64],
+        avoid: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Option<Picked> {
+        loop {
+            let joined = self.joined.notified();
+            tokio::pin!(joined);
+            joined.as_mut().enable();
+            if let Some(p) = self.pick(group, tried, avoid) {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                return self.pick(group, tried, avoid);
+            }
         }
     }
 

@@ -146,6 +146,7 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
         keepalive_seconds: 5,
         ping_timeout_seconds: 3,
         drain_seconds: 5,
+        connector_wait_ms: 0,
         max_request_headers_kb: 96,
         identity_headers: Vec::new(),
     }
