@@ -1,5 +1,5 @@
 # The stable interface: every workflow is one of these targets. CI runs `make test`.
-.PHONY: test demo build bench soak setup lint
+.PHONY: test demo build bench soak setup lint fuzz wasm-soak
 
 test:
 	scripts/test.sh
@@ -29,3 +29,12 @@ soak:
 	scripts/setup.sh
 	scripts/build.sh
 	scripts/soak.py $(SOAK_ARGS)
+
+# Every fuzz target for FUZZ_SECONDS each (default 60), nightly + cargo-fuzz (installed here).
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/fuzz.sh
+
+# The release .wasm modules under random input, long run (PORTCULLIS_WASM_SOAK inputs per module).
+wasm-soak:
+	WASM_ONLY=1 scripts/build.sh
+	PORTCULLIS_WASM_SOAK=$${PORTCULLIS_WASM_SOAK:-20000} cargo test --release -p portcullis-host-tests --test random_inputs soak -- --ignored --nocapture

@@ -69,6 +69,15 @@ struct KeyCache {
     fetched: Option<Instant>,
 }
 
+/// The JWK `kty` of the keys that verify `alg`.
+fn key_type(alg: &str) -> &'static str {
+    match alg {
+        "ES256" | "ES384" => "EC",
+        "EdDSA" => "OKP",
+        _ => "RSA",
+    }
+}
+
 /// Checks admin tokens against the configured rules and JWKS.
 #[derive(Debug)]
 pub struct AdminTokenVerifier {
@@ -134,7 +143,10 @@ impl AdminTokenVerifier {
                     .and_then(Value::as_str)
                     .map(|a| a == alg || (alg == "EdDSA" && a == "Ed25519"))
                     .unwrap_or(true);
-                kid_ok && alg_ok
+                // Without a kid, the first key of the algorithm's type (an RS256
+                // token must not stop at an EC key listed before the RSA one).
+                let kty_ok = k.get("kty").and_then(Value::as_str) == Some(key_type(alg));
+                kid_ok && alg_ok && kty_ok
             });
             if let Some(k) = found {
                 return Ok(k.clone());

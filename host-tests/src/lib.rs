@@ -577,6 +577,44 @@ impl Plugin {
         Ok(to_action(r))
     }
 
+    /// Delivers response headers with raw names and byte values (e.g. not UTF-8).
+    pub fn response_headers_raw(
+        &mut self,
+        id: u32,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        let s = self.stream_mut(id)?;
+        s.response_headers = headers;
+        s.in_response = true;
+        let n = s.response_headers.len() as i32;
+        let r = self.call::<(i32, i32, i32), i32>(
+            "proxy_on_response_headers",
+            id,
+            (id as i32, n, i32::from(end_of_stream)),
+        )?;
+        Ok(to_action(r))
+    }
+
+    /// Answers HTTP call `token` with raw headers (the `:status` included, or
+    /// not) and `body`.
+    pub fn respond_http_call_raw(
+        &mut self,
+        token: u32,
+        headers: Headers,
+        body: &[u8],
+    ) -> Result<()> {
+        self.deliver_call(token, headers, body.to_vec())
+    }
+
+    /// Size of the module's linear memory, bytes (it only grows).
+    pub fn memory_bytes(&mut self) -> usize {
+        match self.instance.get_memory(&mut self.store, "memory") {
+            Some(m) => m.data_size(&self.store),
+            None => 0,
+        }
+    }
+
     /// Delivers a response body chunk (see [`Plugin::request_body`]).
     pub fn response_body(&mut self, id: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
         self.body(id, chunk, end_of_stream, true)

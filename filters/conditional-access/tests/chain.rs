@@ -43,7 +43,13 @@ fn session_cookie(sub: &str, groups: &[&str], amr: &[&str]) -> String {
         exp: NOW + 3600,
         ..Identity::default()
     };
-    let value = seal_session(&app.id, settings, &id, [7; 12]).unwrap();
+    let value = seal_session(
+        &app.id,
+        settings,
+        &id,
+        [7; portcullis_core::seal::SEAL_RANDOM_LEN],
+    )
+    .unwrap();
     format!("{}={value}", settings.cookie.name)
 }
 

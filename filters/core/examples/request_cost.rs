@@ -43,7 +43,7 @@ fn main() {
             "__Host-portcullis",
             "hr",
             &encode_identity(&identity),
-            [9u8; 12],
+            [9u8; portcullis_core::seal::SEAL_RANDOM_LEN],
         )
         .unwrap();
     let mut checksum = 0usize;

@@ -104,10 +104,15 @@ impl ProxyCookieNames {
         Ok(out)
     }
 
-    /// True when `name` (as found in a `Cookie` or `Set-Cookie` header,
-    /// surrounding whitespace ignored) is one of the proxy's cookies.
+    /// True when `name` (as found in a `Cookie` or `Set-Cookie` header) is
+    /// one of the proxy's cookies. Surrounding whitespace *and control
+    /// characters* are ignored: browsers trim only SP and HTAB (and drop a
+    /// line with a control character), but other cookie parsers trim any
+    /// whitespace (Python's `str.strip` removes `\x0c`, `\x1c`…`\x1f` and
+    /// NBSP), so `"\x0c__Host-portcullis"` must count as ours too.
     pub fn is_proxy_cookie(&self, name: &str) -> bool {
-        let base = strip_cookie_prefix(name.trim_matches([' ', '\t']));
+        let base =
+            strip_cookie_prefix(name.trim_matches(|c: char| c.is_whitespace() || c.is_control()));
         self.names.iter().any(|n| base.eq_ignore_ascii_case(n))
             || self.prefixes.iter().any(|p| {
                 base.len() >= p.len()
@@ -146,6 +151,17 @@ mod tests {
             "__Host_portcullis",
         ] {
             assert!(!n.is_proxy_cookie(name), "{name}");
+        }
+        // Found by fuzzing (fuzz/regressions/set_cookie): names a lenient
+        // parser trims to a proxy cookie are proxy cookies.
+        for name in [
+            "\x0c \x0c__Secure-portcullis_x",
+            "\x0b__Host-portcullis",
+            "__Host-portcullis\x1f",
+            "\u{a0}portcullis-state",
+            "\r\n__Host-portcullis",
+        ] {
+            assert!(n.is_proxy_cookie(name), "{name:?}");
         }
     }
 

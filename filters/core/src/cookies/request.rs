@@ -61,7 +61,10 @@ pub fn strip_proxy_cookies_bytes(
                 Some(i) => &piece[..i],
                 None => piece,
             };
-            // Our names are ASCII: a name that is not UTF-8 is not ours.
+            // Our names are ASCII. Bytes outside printable ASCII at either end
+            // (controls, obs-text such as a Latin-1 NBSP) are trimmed first, as
+            // a lenient parser behind us would; what is left must be UTF-8.
+            let name = trim_non_token_edges(name);
             let ours = std::str::from_utf8(name).is_ok_and(|n| names.is_proxy_cookie(n));
             if ours {
                 removed += 1;
@@ -78,6 +81,23 @@ pub fn strip_proxy_cookies_bytes(
         CookieHeaderAction::Replace(kept.join(&b"; "[..]))
     };
     (action, removed)
+}
+
+fn trim_non_token_edges(mut s: &[u8]) -> &[u8] {
+    let outside = |b: u8| b <= 0x20 || b >= 0x7f;
+    while let [b, rest @ ..] = s {
+        if !outside(*b) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., b] = s {
+        if !outside(*b) {
+            break;
+        }
+        s = rest;
+    }
+    s
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -175,5 +195,18 @@ mod tests {
             action,
             CookieHeaderAction::Replace(b"a=\xff\xfe; \x80=1; b=2".to_vec())
         );
+    }
+
+    /// A proxy cookie whose name a lenient parser behind us would trim to
+    /// ours (control bytes, Latin-1 NBSP at an edge) never reaches the app.
+    #[test]
+    fn names_with_control_or_obs_text_edges_are_still_ours() {
+        let names = ProxyCookieNames::default();
+        let (action, removed) = strip_proxy_cookies_bytes(
+            &names,
+            &[b"a=1; \x0c__Host-portcullis=x; \xa0__Host-portcullis=y; __Host-portcullis\x1f=z"],
+        );
+        assert_eq!(removed, 3);
+        assert_eq!(action, CookieHeaderAction::Replace(b"a=1".to_vec()));
     }
 }

@@ -393,6 +393,26 @@ mod tests {
     }
 
     #[test]
+    fn proxy_names_behind_control_characters_are_refused() {
+        // Found by fuzzing (fuzz/regressions/set_cookie/ff-space-ff-secure-proxy-name):
+        // passed with hardening attributes, and a parser that trims \x0c stores it
+        // as the proxy's `__Secure-portcullis_x`.
+        let names = ProxyCookieNames::default();
+        for value in [
+            "\x0c \x0c__Secure-portcullis_x=1",
+            "\x0b__Host-portcullis=e; Path=/",
+        ] {
+            assert!(
+                matches!(
+                    apply_set_cookie(&names, None, value),
+                    SetCookieOutcome::Refused { .. }
+                ),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
     fn proxy_names_are_refused_even_without_an_app() {
         let names = ProxyCookieNames::default();
         for v in [

@@ -2,14 +2,14 @@
 //! sealed login-state cookie bound to `state`.
 
 use super::config::{OidcSettings, ProviderMetadata, LOGIN_STATE_TTL_SECS};
-use crate::seal::NONCE_LEN;
+use crate::seal::SEAL_RANDOM_LEN;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Random bytes a login needs: state (16), nonce (16), PKCE verifier (32), seal nonce (12).
-pub const LOGIN_RANDOM_LEN: usize = 16 + 16 + 32 + NONCE_LEN;
+/// Random bytes a login needs: state (16), nonce (16), PKCE verifier (32), seal nonce and salt (44).
+pub const LOGIN_RANDOM_LEN: usize = 16 + 16 + 32 + SEAL_RANDOM_LEN;
 
 /// What the login-state cookie carries across the round trip to the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

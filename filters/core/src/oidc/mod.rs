@@ -18,7 +18,7 @@ use crate::denial::{Denial, DenialResponse, Format};
 use crate::identity::Identity;
 use crate::path;
 use crate::redirect;
-use crate::seal::NONCE_LEN;
+use crate::seal::SEAL_RANDOM_LEN;
 use config::{AppConfig, OidcSettings, PreauthConfig, ProviderMetadata};
 use jwks::KeySet;
 use login::{LoginState, LOGIN_RANDOM_LEN};
@@ -470,12 +470,12 @@ fn start_login(
     let mut bytes = [0u8; LOGIN_RANDOM_LEN];
     random(&mut bytes);
     let login = LoginState::new(&bytes, return_to, acr, max_age, now);
-    let mut seal_nonce = [0u8; NONCE_LEN];
-    seal_nonce.copy_from_slice(&bytes[64..64 + NONCE_LEN]);
+    let mut seal_random = [0u8; SEAL_RANDOM_LEN];
+    seal_random.copy_from_slice(&bytes[64..64 + SEAL_RANDOM_LEN]);
     let cookie_name = login::state_cookie_name(&settings.cookie.name, &login.state);
     let sealed = match settings
         .sealer
-        .seal(&cookie_name, &app.id, &login.encode(), seal_nonce)
+        .seal(&cookie_name, &app.id, &login.encode(), seal_random)
     {
         Ok(v) => v,
         // Only a return address near the size limit can get here.
@@ -724,7 +724,7 @@ pub fn finish_login(
     if identity.exp <= now {
         return fail(Denial::TokenExpired);
     }
-    let mut nonce = [0u8; NONCE_LEN];
+    let mut nonce = [0u8; SEAL_RANDOM_LEN];
     random(&mut nonce);
     let sealed = match session::seal_session(&app.id, settings, &identity, nonce) {
         Ok(v) => v,

@@ -4,7 +4,7 @@
 use super::config::{AppConfig, CookieSettings, OidcSettings};
 use super::token::ValidatedToken;
 use crate::identity::Identity;
-use crate::seal::{OpenError, SealError, Sealer, NONCE_LEN};
+use crate::seal::{OpenError, SealError, Sealer, SEAL_RANDOM_LEN};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -77,18 +77,19 @@ pub enum SessionError {
     Expired,
 }
 
-/// Seals `identity` for the app's session cookie with the caller's random `nonce`.
+/// Seals `identity` for the app's session cookie with the caller's fresh
+/// random bytes (the seal's nonce and HKDF salt, see [`crate::seal`]).
 pub fn seal_session(
     app_id: &str,
     settings: &OidcSettings,
     identity: &Identity,
-    nonce: [u8; NONCE_LEN],
+    random: [u8; SEAL_RANDOM_LEN],
 ) -> Result<String, SealError> {
     settings.sealer.seal(
         &settings.cookie.name,
         app_id,
         &encode_identity(identity),
-        nonce,
+        random,
     )
 }
 
@@ -493,7 +494,7 @@ mod tests {
     fn sealed_size_with_20_groups() {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
-        let v = seal_session(&app.id, s, &alice(20), [9; 12]).unwrap();
+        let v = seal_session(&app.id, s, &alice(20), [9; SEAL_RANDOM_LEN]).unwrap();
         let cookie = set_cookie(&s.cookie, &s.cookie.name, &v, None);
         // Twenty GUID groups (36 characters each) must fit well under 4 KiB.
         println!(
@@ -503,7 +504,7 @@ mod tests {
         );
         assert!(cookie.len() < 2000, "{}", cookie.len());
         // A user with hundreds of groups fails clearly instead of breaking the browser.
-        match seal_session(&app.id, s, &alice(200), [9; 12]) {
+        match seal_session(&app.id, s, &alice(200), [9; SEAL_RANDOM_LEN]) {
             Err(SealError::TooLarge { size, .. }) => assert!(size > 4000),
             other => panic!("{other:?}"),
         }
@@ -517,7 +518,7 @@ mod tests {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
         let id = alice(20);
-        let v = seal_session(&app.id, s, &id, [3; 12]).unwrap();
+        let v = seal_session(&app.id, s, &id, [3; SEAL_RANDOM_LEN]).unwrap();
         let n = 20_000u32;
         let start = std::time::Instant::now();
         for _ in 0..n {
@@ -540,7 +541,7 @@ mod tests {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
         let id = alice(2);
-        let v = seal_session(&app.id, s, &id, [3; 12]).unwrap();
+        let v = seal_session(&app.id, s, &id, [3; SEAL_RANDOM_LEN]).unwrap();
         let cache = &mut SessionCache::default();
         let get = |v: &str, now, cache: &mut SessionCache| {
             session_from_headers(&app, s, &cookie_header(s, v), now, cache).unwrap()
@@ -590,7 +591,7 @@ mod tests {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
         let id = alice(2);
-        let v = seal_session(&app.id, s, &id, [3; 12]).unwrap();
+        let v = seal_session(&app.id, s, &id, [3; SEAL_RANDOM_LEN]).unwrap();
         let cache = &mut SessionCache::default();
         let get = |now, cache: &mut SessionCache| {
             session_from_headers(&app, s, &cookie_header(s, &v), now, cache)
@@ -635,9 +636,9 @@ mod tests {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
         let cache = &mut SessionCache::default();
-        let first = seal_session(&app.id, s, &alice(0), [0; 12]).unwrap();
+        let first = seal_session(&app.id, s, &alice(0), [0; SEAL_RANDOM_LEN]).unwrap();
         for i in 0..(SessionCache::CAPACITY + 10) {
-            let mut nonce = [0u8; 12];
+            let mut nonce = [0u8; SEAL_RANDOM_LEN];
             nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let v = seal_session(&app.id, s, &alice(0), nonce).unwrap();
             assert!(
@@ -662,7 +663,7 @@ mod tests {
         let app = app();
         let s = app.oidc.as_ref().unwrap();
         let id = alice(1);
-        let v = seal_session(&app.id, s, &id, [1; 12]).unwrap();
+        let v = seal_session(&app.id, s, &id, [1; SEAL_RANDOM_LEN]).unwrap();
         let open = |v: &str, now| open_session(&s.sealer, &s.cookie.name, &app.id, v, now);
         assert_eq!(open(&v, id.exp - 1).unwrap(), id);
         assert_eq!(open(&v, id.exp), Err(SessionError::Expired));

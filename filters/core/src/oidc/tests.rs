@@ -501,7 +501,7 @@ fn bad_cookies_are_one_code_and_expiry_is_its_own() {
         exp: NOW - 1,
         ..Identity::default()
     };
-    let expired = session::seal_session("hr", s, &id, [4; 12]).unwrap();
+    let expired = session::seal_session("hr", s, &id, [4; crate::seal::SEAL_RANDOM_LEN]).unwrap();
     let r = respond(w.request("hr.localhost", "/api", &with_cookie(&expired)));
     assert!(String::from_utf8_lossy(&r.body).contains("session_expired"));
     let mut bodies = Vec::new();
@@ -641,7 +641,7 @@ fn rotation_keeps_sessions_valid() {
         exp: NOW + 60,
         ..Identity::default()
     };
-    let old = session::seal_session("hr", s, &id, [4; 12]).unwrap();
+    let old = session::seal_session("hr", s, &id, [4; crate::seal::SEAL_RANDOM_LEN]).unwrap();
     let new_key = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
     let rotated_json = config_json("").replace(
         &format!(r#"["{KEY_B64}"]"#),

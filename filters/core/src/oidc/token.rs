@@ -242,7 +242,12 @@ fn map_jwt_error(e: &jwt_simple::Error) -> TokenError {
         Some(JWTError::AlgorithmMismatch) => TokenError::AlgorithmNotAllowed,
         // The signature crates report malformed signatures as their own errors.
         Some(_) => TokenError::Malformed,
-        None => TokenError::SignatureInvalid,
+        // Not jwt-simple's own error: JSON or base64 that does not decode. The
+        // claims are decoded only after the signature verified, so this is a
+        // token the provider signed with claims we cannot read (`exp` as a
+        // string, a nested JWT as the payload, a duplicate claim): malformed,
+        // not a bad signature (which would send the operator after the keys).
+        None => TokenError::Malformed,
     }
 }
 
@@ -633,6 +638,26 @@ pub(crate) mod tests {
         let mut c = claims_at(NOW);
         c.nonce = None;
         assert_eq!(check(&rs_token(c)).unwrap_err(), TokenError::NonceMismatch);
+    }
+
+    /// Claims that do not decode, in a token whose signature verifies, are
+    /// `token_invalid` (they were reported as `signature_invalid`).
+    #[test]
+    fn validly_signed_unreadable_claims_are_malformed_not_a_bad_signature() {
+        let header = b64(r#"{"alg":"ES256","kid":"ec1"}"#);
+        for payload in [
+            r#"{"iss":"https://idp.test","aud":"portcullis","sub":"a","iat":1800000000,"exp":"1800003600"}"#,
+            r#"{"sub":"admin","sub":"a","iss":"https://idp.test","aud":"portcullis","iat":1800000000,"exp":1800003600}"#,
+            "eyJhbGciOiJFUzI1NiJ9.e30.AAAA",
+        ] {
+            let input = format!("{header}.{}", b64(payload));
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD as B;
+            use p256::ecdsa::signature::Signer as _;
+            let key = p256::ecdsa::SigningKey::from_slice(&keys().es.to_bytes()).unwrap();
+            let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            let t = format!("{input}.{}", B.encode(sig.to_bytes()));
+            assert_eq!(check(&t).unwrap_err(), TokenError::Malformed, "{payload}");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         exp: now + ttl,
         ..Identity::default()
     };
-    let mut nonce = [0u8; 12];
+    let mut nonce = [0u8; portcullis_core::seal::SEAL_RANDOM_LEN];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut nonce)?;
     let value = sealer
         .seal(name, app, &encode_identity(&identity), nonce)
