@@ -256,6 +256,40 @@ def check_patch_policy(p, where, doc):
         need(p, w + ".operation", op, "path", str)
 
 
+def check_envoy_filter(p, where, doc):
+    """The Istio EnvoyFilter that sets the gateway's path normalisation (only that use)."""
+    spec = need(p, where, doc, "spec", dict) or {}
+    only(p, where + ".spec", spec, {"workloadSelector", "targetRefs", "configPatches", "priority"})
+    sel = need(p, where + ".workloadSelector", spec.get("workloadSelector"), "labels", dict)
+    if sel is not None and not all(isinstance(v, str) for v in sel.values()):
+        p.add(where, "workloadSelector.labels values must be strings")
+    for i, cp in enumerate(need(p, where, spec, "configPatches", list) or []):
+        w = f"{where}.configPatches[{i}]"
+        only(p, w, cp, {"applyTo", "match", "patch"})
+        need(p, w, cp, "applyTo", str, {"NETWORK_FILTER", "HTTP_FILTER", "LISTENER", "CLUSTER",
+                                        "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
+        m = need(p, w, cp, "match", dict) or {}
+        opt(p, w + ".match", m, "context", str, {"ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"})
+        patch = need(p, w, cp, "patch", dict) or {}
+        need(p, w + ".patch", patch, "operation", str, {"MERGE", "ADD", "REMOVE", "INSERT_BEFORE",
+                                                         "INSERT_AFTER", "INSERT_FIRST", "REPLACE"})
+        need(p, w + ".patch", patch, "value", dict)
+
+
+def check_client_traffic_policy(p, where, doc):
+    spec = need(p, where, doc, "spec", dict) or {}
+    only(p, where + ".spec", spec, {"targetRef", "targetRefs", "targetSelectors", "path", "headers",
+                                    "clientIPDetection", "timeout", "connection", "tls", "http1",
+                                    "http2", "http3", "tcpKeepalive", "enableProxyProtocol"})
+    target_refs(p, where, spec, {"Gateway"})
+    path = opt(p, where + ".spec", spec, "path", dict)
+    if path is not None:
+        only(p, where + ".spec.path", path, {"escapedSlashesAction", "disableMergeSlashes"})
+        opt(p, where + ".spec.path", path, "escapedSlashesAction", str,
+            {"KeepUnchanged", "RejectRequest", "UnescapeAndRedirect", "UnescapeAndForward"})
+        opt(p, where + ".spec.path", path, "disableMergeSlashes", bool)
+
+
 def check_generic(p, where, doc, kinds):
     api = doc.get("apiVersion")
     kind = doc.get("kind")
@@ -281,6 +315,8 @@ KINDS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"),
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"),
     ("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy"),
     ("v1", "Namespace"),
@@ -338,6 +374,10 @@ def check_manifests(p, files, edge_bin):
                 check_extension_policy(p, where, d)
             elif kind == "EnvoyPatchPolicy":
                 check_patch_policy(p, where, d)
+            elif kind == "EnvoyFilter":
+                check_envoy_filter(p, where, d)
+            elif kind == "ClientTrafficPolicy":
+                check_client_traffic_policy(p, where, d)
         if plugins:
             check_istio_order(p, rel(path), plugins)
     check_references(p, docs, edge_bin)
@@ -785,6 +825,12 @@ def self_test(compose, envoy_yaml, edge_json, manifests):
     expect("code type", manifest_problems(with_file(eg, t.replace("type: Image", "type: Tarball", 1))), "code.type")
     expect("cluster", manifest_problems(with_file(eg, t.replace('"cluster": "portcullis_oidc_provider"', '"cluster": "nowhere"', 1))),
            "defined nowhere")
+    ef = next(k for k in manifests if k.endswith("istio/path-normalisation.yaml"))
+    expect("EnvoyFilter operation", manifest_problems(with_file(ef, manifests[ef].replace(
+        "operation: MERGE", "operation: BLEND", 1))), "operation")
+    ctp = next(k for k in manifests if k.endswith("envoy-gateway/path-normalisation.yaml"))
+    expect("escaped slashes action", manifest_problems(with_file(ctp, manifests[ctp].replace(
+        "escapedSlashesAction: KeepUnchanged", "escapedSlashesAction: Keep", 1))), "escapedSlashesAction")
     return failures
 
 

@@ -145,7 +145,13 @@ check "GET /robots.txt?x=1 is served the same (query ignored)" \
 fetch robots_head --head "$base/robots.txt"
 check "HEAD /robots.txt answers 200 with no body" "$([[ $status == 200 && $size == 0 ]]; echo $?)" "status $status, $size bytes"
 fetch robots_upper -H 'Accept: text/html' "$base/ROBOTS.TXT"
-check "GET /ROBOTS.TXT is not a robots request (sign-in required)" "$([[ $status == 302 ]]; echo $?)" "status $status"
+check "GET /ROBOTS.TXT is the same path under the path rule: answered by robots" \
+  "$([[ $status == 200 ]] && grep -q 'Disallow: /' "$body_file"; echo $?)" "status $status"
+fetch robots_bak -H 'Accept: text/html' "$base/robots.txt.bak"
+check "GET /robots.txt.bak is not a robots request (sign-in required)" "$([[ $status == 302 ]]; echo $?)" "status $status"
+fetch ambiguous -H 'Accept: application/json' "$base/admin%2fx"
+check "GET /admin%2fx is refused before any decision (400 ambiguous_path)" \
+  "$([[ $status == 400 ]] && grep -q '"ambiguous_path"' "$body_file"; echo $?)" "status $status"
 
 # --- anonymous requests never reach an app ----------------------------------------------------
 auth_endpoint=$(curl "${curl_opts[@]}" "$issuer/.well-known/openid-configuration" 2>/dev/null |

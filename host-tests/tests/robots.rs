@@ -81,6 +81,11 @@ fn normalised_forms_are_served_and_query_ignored() {
         "/a/../robots.txt",
         "/%72obots.txt",
         "/./robots.txt",
+        // The path rule: case and `;` parameters do not make another path.
+        "/ROBOTS.TXT",
+        "/Robots.Txt",
+        "/robots.txt;x",
+        "/;/robots.txt",
     ] {
         let (s, action) = get(&mut p, "GET", path);
         assert_eq!(action, Action::Pause, "{path}");
@@ -94,9 +99,12 @@ fn look_alikes_and_other_methods_reach_the_app() {
     for (method, path) in [
         ("GET", "/robots.txt/../admin"),
         ("GET", "/admin#/robots.txt"),
-        ("GET", "/robots.txt;x"),
-        ("GET", "/ROBOTS.TXT"),
         ("GET", "/robots.txt/"),
+        // Refused by the path rule: not answered here; preauth and
+        // conditional access refuse them (`ambiguous_path`).
+        ("GET", "/robots.txt."),
+        ("GET", "/robots.txt%20"),
+        ("GET", "/robots%2etxt%2f"),
         ("GET", "/"),
         ("POST", "/robots.txt"),
         ("DELETE", "/robots.txt"),

@@ -260,11 +260,6 @@ impl HttpContext for Stream {
                 return Action::Pause;
             }
         };
-        let Ok(path) = portcullis_core::path::normalize(raw_path) else {
-            vm.count(app, "deny");
-            send_denial(&Denial::BadRequest, &request_id, accept);
-            return Action::Pause;
-        };
         let country = config
             .country_header
             .as_deref()
@@ -279,7 +274,7 @@ impl HttpContext for Stream {
             client,
             country,
             method,
-            path: &path,
+            path: raw_path,
             user_agent: first(&headers, "user-agent"),
             browser: is_browser(accept, first(&headers, "x-requested-with")),
             now,

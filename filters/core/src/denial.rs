@@ -52,6 +52,9 @@ pub enum Denial {
     RedirectInvalid,
     /// The request itself is malformed (`bad_request`).
     BadRequest,
+    /// The request path could be read as another path by some backend, so no
+    /// decision is made on it (`ambiguous_path`; see [`crate::path`]).
+    AmbiguousPath(crate::path::PathRefusal),
     /// A conditional-access policy blocked the request (`policy_blocked:<policy>`).
     PolicyBlocked(String),
     /// The user is not assigned to the app (`not_assigned`).
@@ -94,7 +97,7 @@ impl Denial {
             | CookieInvalid
             | SessionExpired
             | LoginRequired => 401,
-            StateMismatch | StateMissing | RedirectInvalid | BadRequest => 400,
+            StateMismatch | StateMissing | RedirectInvalid | BadRequest | AmbiguousPath(_) => 400,
             TokenExchangeFailed | ConnectorUnavailable => 502,
             TokenExchangeTimeout => 504,
             KeysUnavailable => 503,
@@ -128,6 +131,7 @@ impl Denial {
             LoginRequired => "login_required",
             RedirectInvalid => "redirect_invalid",
             BadRequest => "bad_request",
+            AmbiguousPath(_) => "ambiguous_path",
             PolicyBlocked(name) => return format!("policy_blocked:{}", sanitize_code(name)),
             NotAssigned => "not_assigned",
             LocationBlocked => "location_blocked",
@@ -164,6 +168,11 @@ impl Denial {
             LoginRequired => "You need to sign in to reach this application.",
             RedirectInvalid => "The return address is not a page of this application.",
             BadRequest => "The request is malformed.",
+            AmbiguousPath(why) => {
+                return format!(
+                    "The request path is refused because applications could read it as another path: {why}."
+                )
+            }
             PolicyBlocked(_) => "An access policy blocked this request.",
             NotAssigned => "You are not assigned to this application.",
             LocationBlocked => "Access from your location is blocked.",
@@ -345,6 +354,11 @@ mod tests {
             (Denial::RiskTooHigh, 403, "risk_too_high"),
             (Denial::MfaRequired, 403, "mfa_required"),
             (Denial::ConnectorUnavailable, 502, "connector_unavailable"),
+            (
+                Denial::AmbiguousPath(crate::path::PathRefusal::EncodedSlash),
+                400,
+                "ambiguous_path",
+            ),
         ];
         for (denial, status, code) in cases {
             assert_eq!(denial.status(), status, "{code}");

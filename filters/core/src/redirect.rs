@@ -5,6 +5,9 @@
 //! refused, in raw and in percent-encoded form (checked at each decoding level):
 //! `//evil`, `/\evil`, `/%2F%2Fevil`, `/%5Cevil`, `https:evil`, `/\t/evil`
 //! (browsers drop tabs and newlines), CR/LF and any other control character.
+//! Each form is checked again after its dot segments are resolved as a
+//! browser resolves them: `/..//evil` is `//evil` to the browser, and to any
+//! app or proxy that later writes the path it lands on into a `Location`.
 
 use std::fmt;
 
@@ -88,6 +91,19 @@ fn check_form(form: &[u8]) -> Result<(), RedirectError> {
     Ok(())
 }
 
+/// Checks one form, then the same form with its path's dot segments
+/// resolved (the query and fragment are not resolved by browsers).
+fn check_resolved(form: &[u8]) -> Result<(), RedirectError> {
+    check_form(form)?;
+    let end = form
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(form.len());
+    let resolved =
+        crate::path::resolve_like_a_browser(&form[..end]).ok_or(RedirectError::BadCharacter)?;
+    check_form(&resolved)
+}
+
 /// Validates a return address and returns it unchanged when it is a safe
 /// relative URL of the app's own origin.
 pub fn validate(rd: &str) -> Result<&str, RedirectError> {
@@ -103,13 +119,13 @@ pub fn validate(rd: &str) -> Result<&str, RedirectError> {
         return Err(RedirectError::BadCharacter);
     }
     let mut form = rd.as_bytes().to_vec();
-    check_form(&form)?;
+    check_resolved(&form)?;
     for _ in 0..DECODE_LEVELS {
         let next = percent_decode(&form);
         if next == form {
             break;
         }
-        check_form(&next)?;
+        check_resolved(&next)?;
         form = next;
     }
     Ok(rd)
@@ -163,6 +179,32 @@ mod tests {
             "/a%5Cb",
         ] {
             assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forms_that_resolve_to_another_origin_are_refused() {
+        for bad in [
+            "/..//evil.com",
+            "/../..//evil.com",
+            "/.//evil.com",
+            "/x/..//evil.com",
+            "/x/../..//evil.com/path?q=1",
+            "/%2e%2e//evil.com",
+            "/%2E%2e//evil.com",
+            "/.%2e//evil.com",
+            "/%2e//evil.com",
+            "/..%2f%2fevil.com",
+            "/%2e%2e%2f%2fevil.com",
+            "/%252e%252e//evil.com",
+            "/x/%2e%2e/%2e%2e//evil.com",
+            "/..%252f%252fevil.com",
+        ] {
+            assert!(validate(bad).is_err(), "{bad}");
+        }
+        // The query and fragment are not paths: slashes there are fine.
+        for ok in ["/a?next=/..//x", "/a#/..//x", "/a/../b", "/../b", "/x/./y"] {
+            assert_eq!(validate(ok), Ok(ok), "{ok}");
         }
     }
 

@@ -74,13 +74,27 @@ pub enum RobotsDecision {
     PassThrough,
 }
 
-/// Whether `raw_path` normalises to `/robots.txt` (whatever the method).
+/// The reserved path.
+pub const ROBOTS_PATH: &str = "/robots.txt";
+
+/// Whether `raw_path` is `/robots.txt` under the path rule (whatever the
+/// method), after Envoy's normalisation ([`path::normalize`]; a no-op behind
+/// the shipped configs). The rule is the strict default of
+/// [`path::PathRules`] whatever an app loosened: answering a spelling such as
+/// `/ROBOTS.TXT` or `/robots.txt;x` locally is harmless, since no app sees
+/// it. A path the rule refuses is not answered: it goes on, and preauth or
+/// conditional access refuse it (`ambiguous_path`).
 pub fn is_robots_path(raw_path: &str) -> bool {
-    matches!(path::normalize(raw_path), Ok(p) if p == "/robots.txt")
+    let Ok(normal) = path::normalize(raw_path) else {
+        return false;
+    };
+    path::PathRules::default()
+        .canonicalize(&normal)
+        .is_ok_and(|p| p.is(ROBOTS_PATH))
 }
 
-/// Decides whether a request is a robots.txt request: `GET` or `HEAD` of the
-/// normalised path `/robots.txt`, on any host, whatever the query.
+/// Decides whether a request is a robots.txt request: `GET` or `HEAD` of
+/// `/robots.txt` under the path rule, on any host, whatever the query.
 pub fn decide(method: &str, raw_path: &str) -> RobotsDecision {
     let with_body = match method {
         "GET" => true,
@@ -100,22 +114,31 @@ mod tests {
 
     #[test]
     fn robots_path_is_decided_on_the_normalised_path_alone() {
+        // Every spelling of the path is answered: what Envoy normalises to
+        // it, case and `;` parameters included.
         for p in [
             "/robots.txt",
             "/robots.txt?x=1",
+            "/ROBOTS.TXT",
+            "/Robots.txt",
+            "/robots.txt;x",
+            "/;/robots.txt",
             "//robots.txt",
             "/a/../robots.txt",
             "/%72obots.txt",
+            "/robots.tx%74",
         ] {
             assert!(is_robots_path(p), "{p}");
         }
         for p in [
             "/",
-            "/ROBOTS.TXT",
-            "/robots.txt;x",
             "/robots.txt/",
             "",
-            "/robots%2Etxt.bak",
+            "/robots.txt.bak",
+            "/robots.txt.",
+            "/robots.txt%20",
+            "/robots.txt%2f",
+            "/robots.txt/../admin",
         ] {
             assert!(!is_robots_path(p), "{p}");
         }
@@ -136,15 +159,11 @@ mod tests {
             RobotsDecision::Serve { with_body: true }
         );
         assert_eq!(
-            decide("GET", "//robots.txt"),
+            decide("GET", "/ROBOTS.TXT"),
             RobotsDecision::Serve { with_body: true }
         );
         assert_eq!(
             decide("GET", "/x/../robots.txt"),
-            RobotsDecision::Serve { with_body: true }
-        );
-        assert_eq!(
-            decide("GET", "/%72obots.txt"),
             RobotsDecision::Serve { with_body: true }
         );
     }
@@ -154,8 +173,6 @@ mod tests {
         for p in [
             "/robots.txt/../admin",
             "/admin#/robots.txt",
-            "/robots.txt;x",
-            "/ROBOTS.TXT",
             "/robots.txt/",
             "/robots.txtx",
             "/robots%2Etxt%2F",

@@ -528,7 +528,9 @@ fn a_removed_sealing_key_stops_even_a_cached_session() {
 ///
 /// Measured 2026-12-01 with this test on the module before the assertion
 /// existed: 34,554 / 242,454 / 107,844 fuel; with it: 34,368 / 6,068,766 (one
-/// Ed25519 signature, once per session and worker) / 109,764 (+1.8%).
+/// Ed25519 signature, once per session and worker) / 109,764 (+1.8%); with
+/// the path-equivalence rule (issue 12) and cookie format 2: 34,732 /
+/// 6,134,709 / 111,502.
 /// The budgets allow about 25% above the figures with the assertion. The cost
 /// of the cookie format 2 on a first request is in
 /// `a_session_cache_miss_costs_one_hkdf_more`. Print them with

@@ -351,3 +351,68 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
         data = data.get(size + 2..).unwrap_or_default();
     }
 }
+
+/// Like [`http_request`], with the target as raw bytes (sent exactly as
+/// given, whatever they are), and without waiting for the server to close
+/// the connection: the response ends where its `Content-Length` says (or at
+/// the last chunk). Envoy waits up to a second (`delayed_close_timeout`)
+/// for the client to close first, so this is the one to use for many
+/// requests.
+pub fn http_request_raw(
+    addr: &str,
+    method: &str,
+    target: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = Vec::new();
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(target);
+    req.extend_from_slice(b" HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.extend_from_slice(format!("Host: {addr}\r\n").as_bytes());
+    }
+    for (k, v) in headers {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    stream.write_all(&req)?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if response_complete(&raw, method == "HEAD") {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(e.into()),
+            Err(_) => break,
+        }
+    }
+    parse_response(&raw, method == "HEAD")
+}
+
+/// Whether `raw` holds a whole response (headers, and the body its
+/// `Content-Length` or chunking announces).
+fn response_complete(raw: &[u8], head: bool) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    if head {
+        return true;
+    }
+    let head_text = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    for line in head_text.split("\r\n") {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
+}

@@ -7,6 +7,7 @@ pub mod idp;
 pub mod loadgen;
 pub mod redis;
 pub mod sample_app;
+pub mod signin;
 pub mod stack;
 
 use std::net::TcpListener;

@@ -54,3 +54,171 @@ fn a_broken_config_fails_validation() {
     assert!(!ok);
     assert!(out.contains("x_robots_tag"), "{out}");
 }
+
+/// The HTTP connection manager options the filters are built for: Envoy
+/// normalises the path (`normalize_path`, `merge_slashes`) before any filter,
+/// and keeps encoded slashes for the filters' path rule to refuse with
+/// `ambiguous_path` (or to pass for an app that allows them). The core's
+/// `path::normalize` reproduces exactly this (`path_differential.rs`).
+const PATH_OPTIONS: [(&str, &str); 3] = [
+    ("normalize_path", "true"),
+    ("merge_slashes", "true"),
+    ("path_with_escaped_slashes_action", "KEEP_UNCHANGED"),
+];
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_content(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+/// The keys and values of the block-style YAML map that holds line `at`
+/// (the lines at the same indentation, up to the parent key on each side).
+fn sibling_keys<'a>(lines: &[&'a str], at: usize) -> Vec<(&'a str, &'a str)> {
+    let level = indent(lines[at]);
+    let mut start = at;
+    while start > 0 && (!is_content(lines[start - 1]) || indent(lines[start - 1]) >= level) {
+        start -= 1;
+    }
+    let mut out = Vec::new();
+    for line in &lines[start..] {
+        if !is_content(line) {
+            continue;
+        }
+        if indent(line) < level && !out.is_empty() {
+            break;
+        }
+        if indent(line) == level {
+            if let Some((k, v)) = line.trim().trim_start_matches("- ").split_once(':') {
+                out.push((k.trim().trim_matches('"'), v.trim()));
+            }
+        }
+    }
+    out
+}
+
+fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every HTTP connection manager the project ships (the Envoy configs under
+/// `envoy-configs/`, and the one the Istio manifests patch) sets the path
+/// options above, and Envoy Gateway's `ClientTrafficPolicy` asks for the
+/// same; a config that drifts fails here.
+#[test]
+fn every_shipped_connection_manager_normalises_paths_as_the_filters_expect() {
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("envoy-configs"), &mut files);
+    files.sort();
+    let mut checked = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let name = file
+            .strip_prefix(repo_root())
+            .unwrap()
+            .display()
+            .to_string();
+        let mut managers = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if t.starts_with("\"@type\"")
+                && t.ends_with("http_connection_manager.v3.HttpConnectionManager")
+            {
+                let keys = sibling_keys(&lines, i);
+                for (option, value) in PATH_OPTIONS {
+                    let found = keys.iter().find(|(k, _)| *k == option).map(|(_, v)| *v);
+                    assert_eq!(
+                        found,
+                        Some(value),
+                        "{name}:{}: the connection manager must set `{option}: {value}`",
+                        i + 1
+                    );
+                }
+                managers += 1;
+            }
+        }
+        // Every connection manager of an Envoy config is one of those (or a
+        // YAML alias of one).
+        if text.contains("static_resources:") {
+            let named = lines
+                .iter()
+                .filter(|l| l.contains("name: envoy.filters.network.http_connection_manager"))
+                .count();
+            let aliased = lines
+                .iter()
+                .filter(|l| l.trim().starts_with("typed_config: *"))
+                .count();
+            assert_eq!(
+                named,
+                managers + aliased,
+                "{name}: a connection manager without the path options"
+            );
+        }
+        if managers > 0 {
+            checked.push(name);
+        }
+    }
+    // Istio: the gateway's connection manager is patched.
+    assert!(
+        checked
+            .iter()
+            .any(|f| f.starts_with("envoy-configs/istio/")),
+        "no Istio manifest sets the path options: {checked:?}"
+    );
+    // Envoy Gateway: a ClientTrafficPolicy on the Gateway keeps encoded
+    // slashes and merges slashes (it always sets normalize_path).
+    let policy = std::fs::read_to_string(
+        repo_root().join("envoy-configs/envoy-gateway/path-normalisation.yaml"),
+    )
+    .unwrap();
+    assert!(policy.contains("kind: ClientTrafficPolicy"));
+    assert!(policy.contains("escapedSlashesAction: KeepUnchanged"));
+    assert!(policy.contains("disableMergeSlashes: false"));
+    assert!(
+        policy.contains("name: eg"),
+        "it must target the Gateway `eg`"
+    );
+    for expected in [
+        "envoy-configs/demo.yaml",
+        "envoy-configs/compose.yaml",
+        "envoy-configs/robots.yaml",
+        "envoy-configs/preauth.yaml",
+        "envoy-configs/conditional-access.yaml",
+        "envoy-configs/cookie.yaml",
+    ] {
+        assert!(
+            checked.iter().any(|f| f == expected),
+            "{expected} was not checked"
+        );
+    }
+}
+
+#[test]
+fn the_drift_check_sees_a_missing_option() {
+    let text = std::fs::read_to_string(repo_root().join("envoy-configs/demo.yaml")).unwrap();
+    let broken = text.replace("merge_slashes: true", "merge_slashes: false");
+    let lines: Vec<&str> = broken.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim().ends_with("v3.HttpConnectionManager"))
+        .unwrap();
+    let keys = sibling_keys(&lines, at);
+    assert!(keys.contains(&("merge_slashes", "false")));
+    assert!(keys.contains(&("normalize_path", "true")));
+    // Siblings only: not the keys of nested maps.
+    assert!(keys.iter().any(|(k, _)| *k == "http_filters"));
+    assert!(!keys
+        .iter()
+        .any(|(k, _)| *k == "routes" || *k == "virtual_hosts"));
+}

@@ -53,11 +53,25 @@ fn robots_requests_are_answered_by_the_filter_and_never_reach_the_app() {
     assert_eq!(r.headers_named("x-robots-tag"), vec!["noindex, nofollow"]);
     assert_eq!(app.hits("/"), 1);
 
+    // Every spelling of the path under the path rule is answered too (no
+    // app sees it, so answering more spellings is harmless).
+    for target in [
+        "/ROBOTS.TXT",
+        "/robots.txt;x",
+        "/%72obots.txt",
+        "//robots.txt",
+    ] {
+        let r = http_request(&addr, "GET", target, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(r.text(), BODY, "{target}");
+    }
+    assert_eq!(app.total_hits(), 1);
+
     // Look-alikes go to the app. (Envoy's own path normalisation turns
     // /robots.txt/../admin into /admin before any filter runs.)
     for (target, app_path) in [
-        ("/ROBOTS.TXT", "/ROBOTS.TXT"),
-        ("/robots.txt;x", "/robots.txt;x"),
+        ("/robots.txt/", "/robots.txt/"),
+        ("/robots.txt.bak", "/robots.txt.bak"),
         ("/robots.txt/../admin", "/admin"),
     ] {
         let before = app.hits(app_path);

@@ -13,6 +13,7 @@
 use super::url::HttpUrl;
 use crate::assertion::{self, AssertionSigner, SigningKey};
 use crate::config::{check_header_name, parse_json, ConfigError};
+use crate::path::{PathPrefix, PathRules};
 use crate::seal::{Sealer, KEY_LEN};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -199,6 +200,8 @@ struct RawApp {
     #[serde(default)]
     unauthenticated_paths: Vec<String>,
     #[serde(default)]
+    path_rules: Option<PathRules>,
+    #[serde(default)]
     bearer: Option<RawBearer>,
     #[serde(default)]
     post_logout_redirect_uri: Option<String>,
@@ -283,8 +286,13 @@ pub struct OidcSettings {
     /// Further claims kept in the session for later filters (risk levels, device
     /// compliance), without sending them to the app as headers.
     pub policy_claims: Vec<String>,
-    /// Normalised path prefixes that need no session.
-    pub unauthenticated_paths: Vec<String>,
+    /// The path-equivalence rule of the app ([`crate::path`]): how its
+    /// paths are compared, and which are refused (`ambiguous_path`).
+    pub path_rules: PathRules,
+    /// Path prefixes that need no session (checked and canonicalised with
+    /// `path_rules`; they open a path only below them as written and under
+    /// the rule).
+    pub unauthenticated_paths: Vec<PathPrefix>,
     /// Audience for `Authorization: Bearer` access tokens; `None` disables bearer tokens.
     pub bearer_audience: Option<String>,
     /// Where the provider sends the browser after logout: an absolute URL, or a
@@ -403,6 +411,13 @@ impl RawApp {
             hosts.push(h);
         }
         let mode = self.mode.unwrap_or(Mode::Oidc);
+        if mode == Mode::Passthrough && self.path_rules.is_some() {
+            return Err(ConfigError::new(
+                "path_rules",
+                "has no effect in passthrough mode: preauth judges no path of a passthrough app \
+                 (set it for the app in conditional access)",
+            ));
+        }
         if mode == Mode::Passthrough {
             return Ok(AppConfig {
                 id: self.id,
@@ -636,23 +651,20 @@ impl RawApp {
         if groups_claim.is_empty() {
             return Err(ConfigError::new("groups_claim", "must not be empty"));
         }
+        let path_rules = self.path_rules.unwrap_or_default();
         let mut unauthenticated_paths = Vec::new();
         for (i, p) in self.unauthenticated_paths.iter().enumerate() {
             let field = format!("unauthenticated_paths[{i}]");
-            let n =
-                crate::path::normalize(p).map_err(|e| ConfigError::new(&field, e.to_string()))?;
-            if n.starts_with("/.auth") {
+            let prefix = path_rules
+                .prefix(p)
+                .map_err(|e| ConfigError::new(&field, e))?;
+            if prefix.key(path_rules.case_sensitive).starts_with("/.auth") {
                 return Err(ConfigError::new(
                     field,
                     "must not cover the reserved /.auth paths",
                 ));
             }
-            // Keep a trailing slash if the operator wrote one.
-            unauthenticated_paths.push(if p.ends_with('/') && !n.ends_with('/') {
-                format!("{n}/")
-            } else {
-                n
-            });
+            unauthenticated_paths.push(prefix);
         }
         let bearer_audience = match self.bearer {
             Some(b) if b.audience.is_empty() => {
@@ -714,6 +726,7 @@ impl RawApp {
                     }
                     self.policy_claims
                 },
+                path_rules,
                 unauthenticated_paths,
                 bearer_audience,
                 post_logout_redirect_uri,
@@ -944,6 +957,30 @@ pub(crate) mod tests {
             (
                 r#""unauthenticated_paths":["/.auth"]"#,
                 "apps[0].unauthenticated_paths[0]",
+            ),
+            (
+                r#""unauthenticated_paths":["/.AUTH/x"]"#,
+                "apps[0].unauthenticated_paths[0]",
+            ),
+            (
+                r#""unauthenticated_paths":["/x","/public/../admin"]"#,
+                "apps[0].unauthenticated_paths[1]",
+            ),
+            (
+                r#""unauthenticated_paths":["/public;x"]"#,
+                "apps[0].unauthenticated_paths[0]",
+            ),
+            (
+                r#""unauthenticated_paths":["/public%2fx"]"#,
+                "apps[0].unauthenticated_paths[0]",
+            ),
+            (
+                r#""path_rules":{"allow_encoded_slashes":true}"#,
+                "apps[0].path_rules.allow_encoded_slashes",
+            ),
+            (
+                r#""mode":"passthrough","path_rules":{}"#,
+                "apps[0].path_rules",
             ),
             (r#""client_auth":"none""#, "apps[0].client_secret"),
             (

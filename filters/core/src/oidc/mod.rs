@@ -16,7 +16,6 @@ pub mod url;
 use crate::assertion::{ASSERTION_HEADER, JWKS_CACHE_CONTROL, JWKS_PATH};
 use crate::denial::{Denial, DenialResponse, Format};
 use crate::identity::Identity;
-use crate::path;
 use crate::redirect;
 use crate::seal::SEAL_RANDOM_LEN;
 use config::{AppConfig, OidcSettings, PreauthConfig, ProviderMetadata};
@@ -283,10 +282,13 @@ pub fn on_request(
             app_id: Some(app.id.clone()),
         };
     };
-    let Ok(path) = path::normalize(req.path) else {
-        return deny(Denial::BadRequest, req);
+    // The path rule decides every path below, and refuses a path that some
+    // backend could read as another one before anything else.
+    let path = match settings.path_rules.canonicalize(req.path) {
+        Ok(p) => p,
+        Err(why) => return deny(Denial::AmbiguousPath(why), req),
     };
-    match path.as_str() {
+    match path.key() {
         JWKS_PATH => return jwks(settings),
         LOGIN_PATH => return start_login_from_params(app, settings, req, provider, now, random),
         CALLBACK_PATH => return callback(app_index, app, settings, req, provider, now),
@@ -311,7 +313,7 @@ pub fn on_request(
         }
         _ => {}
     }
-    if path.starts_with("/.auth/") {
+    if path.key().starts_with("/.auth/") {
         return deny(
             Denial::Other {
                 status: 404,
@@ -340,7 +342,7 @@ pub fn on_request(
     if settings
         .unauthenticated_paths
         .iter()
-        .any(|p| path::has_prefix(&path, p))
+        .any(|p| path.is_under_as_written(p))
     {
         return Decision::Continue {
             remove,

@@ -307,12 +307,22 @@ fn original_url_is_kept_only_when_safe() {
     };
     assert_eq!(pending.login.return_to, "/a/b?c=d");
     // A crafted /.auth/login?rd= is refused.
-    for rd in ["//evil.com", "https://evil.com", "/%2F%2Fevil", "/\\evil"] {
+    for rd in [
+        "//evil.com",
+        "https://evil.com",
+        "/%2F%2Fevil",
+        "/\\evil",
+        "/..//evil.com",
+        "/%2e%2e//evil.com",
+    ] {
         let path = format!("/.auth/login?rd={}", url::percent_encode(rd));
         let r = respond(w.request("hr.localhost", &path, &h(&[HTML])));
         assert_eq!(r.status, 400, "{rd}");
         assert!(String::from_utf8_lossy(&r.body).contains("redirect_invalid"));
     }
+    // Also written raw in the query, as in the issue.
+    let r = respond(w.request("hr.localhost", "/.auth/login?rd=/..//evil.com", &h(&[HTML])));
+    assert_eq!(r.status, 400);
     let r = respond(w.request(
         "hr.localhost",
         "/.auth/login?rd=%2Fok%3Fx%3D1&acr=mfa&max_age=0",
@@ -536,15 +546,19 @@ fn passthrough_and_unauthenticated_paths_strip_headers() {
             other => panic!("{other:?}"),
         }
     }
-    // Matched on the normalised path only.
-    assert_eq!(
-        respond(w.request("hr.localhost", "/public/../private", &h(&[HTML]))).status,
-        302
-    );
-    assert!(matches!(
-        w.request("hr.localhost", "/x/..//public/%61", &h(&[HTML])),
-        Decision::Continue { .. }
-    ));
+    // Matched on Envoy's normal form only: a path Envoy did not normalise is
+    // refused, what Envoy makes of it is judged.
+    for raw in ["/public/../private", "/x/..//public/%61"] {
+        let r = respond(w.request("hr.localhost", raw, &h(&[HTML])));
+        assert_eq!(r.status, 400, "{raw}");
+        assert!(String::from_utf8_lossy(&r.body).contains("ambiguous_path"));
+        let seen = crate::path::normalize(raw).unwrap();
+        let opened = matches!(
+            w.request("hr.localhost", &seen, &h(&[HTML])),
+            Decision::Continue { .. }
+        );
+        assert_eq!(opened, seen.starts_with("/public/"), "{raw} -> {seen}");
+    }
     // Unknown hosts are refused.
     assert_eq!(
         respond(w.request("evil.localhost", "/", &h(&[HTML]))).status,
@@ -698,6 +712,146 @@ fn other_hosts_can_pass_with_headers_stripped() {
     assert_eq!(
         PreauthConfig::from_json(bad.as_bytes()).unwrap_err().field,
         "other_hosts"
+    );
+}
+
+/// The unauthenticated prefix `/public/` opens nothing else, whatever the
+/// spelling (as Envoy hands it over): each is refused (`ambiguous_path`) or
+/// sent to sign in; none goes on without a session.
+#[test]
+fn an_unauthenticated_prefix_opens_no_other_path() {
+    let w = World::new();
+    for raw in [
+        "/PUBLIC/../admin",
+        "/public/../admin",
+        "/public;/../admin",
+        "/public/..;/admin",
+        "/public/%2e%2e;/admin",
+        "/public%2f..%2fadmin",
+        "/public/..%2fadmin",
+        "/public/..%5cadmin",
+        "/public\\..\\admin",
+        "/public/.%2e/admin",
+        "/public/%252e%252e/admin",
+        "/public/x/..%20/..%20/admin",
+        "/public/...",
+        "/;/public/x",
+        "/PUBLIC/x",
+        "/Public/x",
+        "/public;x/y",
+        "/public%3b/x",
+        "/public./x",
+        "/public%20/x",
+        "/publicity",
+    ] {
+        let seen = crate::path::normalize(raw).unwrap();
+        match w.request("hr.localhost", &seen, &h(&[HTML])) {
+            Decision::Continue { .. } => panic!("{raw:?} -> {seen} opened without a session"),
+            Decision::Respond { response, .. } => {
+                let body = String::from_utf8_lossy(&response.body).into_owned();
+                assert!(
+                    response.status == 302 && response.header("location").is_some()
+                        || response.status == 400 && body.contains("ambiguous_path"),
+                    "{raw:?} -> {seen}: {} {body}",
+                    response.status
+                );
+            }
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+    for open in [
+        "/public/",
+        "/public/x",
+        "/public/x;jsessionid=1",
+        "/public/X",
+    ] {
+        assert!(
+            matches!(
+                w.request("hr.localhost", open, &h(&[HTML])),
+                Decision::Continue { .. }
+            ),
+            "{open}"
+        );
+    }
+}
+
+#[test]
+fn ambiguous_paths_are_refused_with_the_code_and_request_id() {
+    let w = World::new();
+    for raw in [
+        "/admin%2f",
+        "/x/..%2fadmin",
+        "/%2561dmin",
+        "/admin.",
+        "/admin%09",
+    ] {
+        let r = respond(w.request("hr.localhost", raw, &h(&[HTML])));
+        assert_eq!(r.status, 400, "{raw}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains("ambiguous_path") && body.contains("req-1"),
+            "{body}"
+        );
+        let r = respond(w.request("hr.localhost", raw, &h(&[("accept", "application/json")])));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "ambiguous_path");
+    }
+    // Passthrough apps are not judged by preauth.
+    assert!(matches!(
+        w.request("open.localhost", "/admin%2f", &h(&[HTML])),
+        Decision::Continue { .. }
+    ));
+}
+
+#[test]
+fn reserved_paths_are_matched_under_the_rule() {
+    let w = World::new();
+    // Every spelling of /.auth/me is the filter's own page: never the app's.
+    for raw in ["/.auth/me", "/.AUTH/ME", "/.auth/me;x", "/.Auth/Me/"] {
+        let r = respond(w.request("hr.localhost", raw, &h(&[HTML])));
+        assert!(r.status == 401 || r.status == 404, "{raw}: {}", r.status);
+    }
+    let r = respond(w.request("hr.localhost", "/.AUTH/LOGIN?rd=/x", &h(&[HTML])));
+    assert_eq!(r.status, 302);
+    assert!(r.header("location").unwrap().starts_with(ISS));
+    let r = respond(w.request("hr.localhost", "/.Auth/anything", &h(&[HTML])));
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn an_app_loosens_its_path_rule_by_name() {
+    let c = PreauthConfig::from_json(
+        config_json(r#","path_rules":{"case_sensitive":true,"allow_encoded_slash":true}"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    let w = World {
+        owned: owned_headers(&c),
+        metadata: metadata(&c),
+        keys: key_set(),
+        config: c,
+    };
+    // An encoded slash is accepted, and stays inside its segment.
+    assert_eq!(
+        respond(w.request("hr.localhost", "/public%2fx", &h(&[HTML]))).status,
+        302
+    );
+    assert!(matches!(
+        w.request("hr.localhost", "/public/a%2fb", &h(&[HTML])),
+        Decision::Continue { .. }
+    ));
+    // Case-sensitive: /.AUTH/me is an app path (sign-in first), /PUBLIC/ is not public.
+    assert_eq!(
+        respond(w.request("hr.localhost", "/PUBLIC/x", &h(&[HTML]))).status,
+        302
+    );
+    let r = respond(w.request("hr.localhost", "/.AUTH/me", &h(&[HTML])));
+    assert_eq!(r.status, 302);
+    assert!(r.header("location").unwrap().starts_with(ISS));
+    // The rest of the rule is still strict.
+    assert_eq!(
+        respond(w.request("hr.localhost", "/x%3b", &h(&[HTML]))).status,
+        400
     );
 }
 

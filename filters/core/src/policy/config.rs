@@ -6,6 +6,7 @@
 use super::address::{AddressSource, OnInvalid};
 use super::cidr::Cidr;
 use crate::config::{check_header_name, parse_json, ConfigError};
+use crate::path::{PathPrefix, PathRules};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -44,7 +45,7 @@ struct RawConfig {
     #[serde(default)]
     named_locations: BTreeMap<String, RawLocation>,
     #[serde(default)]
-    apps: BTreeMap<String, RawPrincipals>,
+    apps: BTreeMap<String, RawApp>,
     #[serde(default)]
     policies: Vec<RawPolicy>,
 }
@@ -104,6 +105,18 @@ struct RawLocation {
     countries: Vec<String>,
     #[serde(default)]
     trusted: bool,
+}
+
+/// An entry of `apps`: who is assigned, and the app's path rule.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    path_rules: Option<PathRules>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -338,8 +351,9 @@ pub struct Conditions {
     pub user_risk: Option<Mask>,
     /// Methods, upper-case.
     pub methods: Option<Vec<String>>,
-    /// Normalised path prefixes (segment boundaries).
-    pub paths: Option<Vec<String>>,
+    /// Path prefixes (segment boundaries), matched under the app's path
+    /// rule ([`crate::path::CanonicalPath::is_under`]).
+    pub paths: Option<Vec<PathPrefix>>,
 }
 
 /// What a policy asks for once it applies.
@@ -388,6 +402,9 @@ pub struct AppIndex {
     pub assignment: Option<Principals>,
     /// Indexes into [`PolicyConfig::policies`].
     pub policies: Vec<usize>,
+    /// The app's path-equivalence rule ([`crate::path`]; the strict default
+    /// unless `apps.<id>.path_rules` loosens it).
+    pub path_rules: PathRules,
 }
 
 /// The validated conditional-access configuration.
@@ -710,9 +727,13 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
     }
 
     let mut apps: HashMap<String, AppIndex> = HashMap::new();
-    for (app, assigned) in raw.apps {
+    for (app, entry) in raw.apps {
         let field = format!("apps.{app}");
         check_text(&field, &app, "an app id")?;
+        let assigned = RawPrincipals {
+            users: entry.users,
+            groups: entry.groups,
+        };
         let p = principals(&field, assigned, true)?;
         if p.is_empty() {
             return Err(err(
@@ -725,6 +746,7 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
             AppIndex {
                 assignment: Some(p),
                 policies: Vec::new(),
+                path_rules: entry.path_rules.unwrap_or_default(),
             },
         );
     }
@@ -829,22 +851,26 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
                 if ps.is_empty() {
                     return Err(err(format!("{cf}.paths"), "list at least one path prefix"));
                 }
+                // Checked under the path rule of every app the policy can
+                // judge: the apps it names (`*`: every app, and the default
+                // rule of apps without an entry).
+                let mut rule_sets = vec![];
+                for a in &rp.apps {
+                    if a == "*" {
+                        rule_sets.push(PathRules::default());
+                        rule_sets.extend(apps.values().map(|x| x.path_rules));
+                    } else {
+                        rule_sets.push(apps.get(a).map(|x| x.path_rules).unwrap_or_default());
+                    }
+                }
                 let mut out = Vec::new();
                 for (i, p) in ps.iter().enumerate() {
                     let f = format!("{cf}.paths[{i}]");
-                    if p.contains(['?', '#']) {
-                        return Err(err(f, "a path prefix has no query or fragment"));
+                    let mut prefix = None;
+                    for rules in &rule_sets {
+                        prefix = Some(rules.prefix(p).map_err(|e| err(&f, e))?);
                     }
-                    match crate::path::normalize(p) {
-                        Ok(n) if n == *p => out.push(n),
-                        Ok(n) => {
-                            return Err(err(
-                                f,
-                                format!("`{p}` is not in normal form (write `{n}`)"),
-                            ))
-                        }
-                        Err(e) => return Err(err(f, format!("`{p}`: {e}"))),
-                    }
+                    out.extend(prefix);
                 }
                 Some(out)
             }

@@ -28,6 +28,7 @@ use super::config::{
 };
 use crate::denial::Denial;
 use crate::identity::Identity;
+use crate::path::{CanonicalPath, PathRefusal};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -44,7 +45,8 @@ pub struct Request<'a> {
     pub country: Option<&'a str>,
     /// The HTTP method.
     pub method: &'a str,
-    /// The normalised path ([`crate::path::normalize`]).
+    /// The request's `:path` as received (a query is ignored): the app's
+    /// path rule ([`crate::path`]) judges it before any policy.
     pub path: &'a str,
     /// The `User-Agent` header.
     pub user_agent: Option<&'a str>,
@@ -186,6 +188,8 @@ pub enum DenyCode<'c> {
     RiskTooHigh,
     /// `mfa_required` (a step-up that came back without MFA).
     MfaRequired,
+    /// `ambiguous_path`: the app's path rule refused the path, before any policy.
+    AmbiguousPath(PathRefusal),
 }
 
 impl DenyCode<'_> {
@@ -197,6 +201,7 @@ impl DenyCode<'_> {
             DenyCode::LocationBlocked => "location_blocked".into(),
             DenyCode::RiskTooHigh => "risk_too_high".into(),
             DenyCode::MfaRequired => "mfa_required".into(),
+            DenyCode::AmbiguousPath(_) => "ambiguous_path".into(),
         }
     }
 }
@@ -367,6 +372,8 @@ fn in_set(set: &LocationSet, locations: &[Location], req: &Request<'_>) -> bool 
 
 /// Per-request values computed once.
 struct Facts<'a> {
+    /// The path under the app's rule.
+    path: CanonicalPath<'a>,
     user_agent: Option<&'a str>,
     /// Computed on first use: most policies have no platform condition.
     platform: std::cell::Cell<Option<Platform>>,
@@ -401,10 +408,7 @@ fn applies(cfg: &PolicyConfig, p: &Policy, req: &Request<'_>, facts: &Facts<'_>)
         }
     }
     if let Some(paths) = &c.paths {
-        if !paths
-            .iter()
-            .any(|pre| crate::path::has_prefix(req.path, pre))
-        {
+        if !paths.iter().any(|pre| facts.path.is_under(pre)) {
             return false;
         }
     }
@@ -566,12 +570,28 @@ fn push_acr(acr: &mut Option<String>, value: &str) {
 /// Evaluates `req` against the configuration.
 pub fn evaluate<'c>(cfg: &'c PolicyConfig, req: &Request<'_>) -> Evaluation<'c> {
     let index = cfg.app(req.app);
+    // The path rule first: a path some backend could read as another one is
+    // refused before any policy (or the assignment) is looked at.
+    let path = match index.path_rules.canonicalize(req.path) {
+        Ok(p) => p,
+        Err(why) => {
+            return Evaluation {
+                decision: Decision::Deny {
+                    code: DenyCode::AmbiguousPath(why),
+                    policy: None,
+                    unmet: Vec::new(),
+                },
+                results: Vec::new(),
+            }
+        }
+    };
     let claim = |name: &str| {
         req.identity
             .and_then(|id| id.claims.get(name))
             .map(String::as_str)
     };
     let facts = Facts {
+        path,
         user_agent: req.user_agent,
         platform: std::cell::Cell::new(None),
         client_type: if req.browser {
@@ -802,8 +822,10 @@ impl Decision<'_> {
         else {
             return None;
         };
-        if *code == DenyCode::NotAssigned {
-            return Some(Denial::NotAssigned);
+        match code {
+            DenyCode::NotAssigned => return Some(Denial::NotAssigned),
+            DenyCode::AmbiguousPath(why) => return Some(Denial::AmbiguousPath(*why)),
+            _ => {}
         }
         let base = match code {
             DenyCode::LocationBlocked => "Access from your location is blocked",

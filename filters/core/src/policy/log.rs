@@ -119,7 +119,7 @@ pub fn decision_log(eval: &Evaluation<'_>, req: &Request<'_>, request_id: &str) 
         client: req.client.map(Text),
         country: req.country,
         method: req.method,
-        path: req.path,
+        path: crate::path::strip_query(req.path),
         result: eval.decision.label(),
         code,
         policy,

@@ -901,3 +901,122 @@ fn a_partial_step_up_is_denied_after_one_round_trip() {
     r.marker = None;
     assert_eq!(code(&evaluate(&config, &r)), "step_up acr=gold max_age=-");
 }
+
+/// The spellings of the issue (as Envoy hands them over): a condition on
+/// `/admin` applies to each (step-up), or the path is refused before any
+/// policy (`ambiguous_path`). None is allowed without the step-up.
+#[test]
+fn a_path_condition_covers_every_spelling_or_the_path_is_refused() {
+    let config = one_policy(r#""conditions": {"paths": ["/admin"]}, "grant": {"mfa": true}"#);
+    let id = user("alice");
+    for raw in [
+        "/admin",
+        "/ADMIN",
+        "/Admin",
+        "/aDmIn/",
+        "/%41dmin",
+        "/ADMIN%2f",
+        "/admin;x",
+        "/admin;",
+        "/admin;/x",
+        "/;/admin",
+        "/admin..;/",
+        "/%2e%2e;/admin",
+        "/admin%3b",
+        "/admin%2f",
+        "/admin%2F",
+        "/%2fadmin",
+        "/x/..%2fadmin",
+        "/%2561dmin",
+        "/admin.",
+        "/admin%2e",
+        "/admin%20",
+        "/admin%09",
+    ] {
+        let seen = crate::path::normalize(raw).unwrap();
+        let mut r = req(Some(&id));
+        r.path = &seen;
+        let e = evaluate(&config, &r);
+        let c = code(&e);
+        assert!(
+            c == "step_up acr=urn:portcullis:mfa max_age=-" || c == "ambiguous_path",
+            "{raw:?} -> {seen}: {c}"
+        );
+        if c == "ambiguous_path" {
+            // Refused before any policy ran.
+            assert!(e.results.is_empty());
+            let d = e.decision.denial().unwrap();
+            assert_eq!(d.status(), 400);
+            assert_eq!(d.code(), "ambiguous_path");
+        }
+    }
+    // Other paths are not covered; a path Envoy did not normalise is refused.
+    for (path, expected) in [
+        ("/administrator", "allow"),
+        ("/x/admin", "allow"),
+        ("/x/../admin", "ambiguous_path"),
+        ("/admin?x=1", "step_up acr=urn:portcullis:mfa max_age=-"),
+    ] {
+        let mut r = req(Some(&id));
+        r.path = path;
+        assert_eq!(code(&evaluate(&config, &r)), expected, "{path}");
+    }
+}
+
+#[test]
+fn an_app_loosens_its_path_rule_by_name() {
+    let config = cfg(r#"{"apps": {
+              "hr": {"users": ["*"], "path_rules": {"case_sensitive": true, "allow_encoded_slash": true}}
+            },
+            "policies": [{"name": "p", "apps": ["hr", "wiki"], "conditions": {"paths": ["/admin"]},
+                          "grant": {"block": true}}]}"#);
+    let id = user("alice");
+    let run = |app: &'static str, path: &'static str| {
+        let mut r = req(Some(&id));
+        r.app = app;
+        r.path = path;
+        code(&evaluate(&config, &r))
+    };
+    assert_eq!(run("hr", "/admin"), "policy_blocked:p");
+    assert_eq!(run("hr", "/ADMIN"), "allow");
+    assert_eq!(run("hr", "/a%2Fb"), "allow");
+    assert_eq!(run("hr", "/admin%2Fb"), "allow");
+    assert_eq!(run("hr", "/admin;x"), "policy_blocked:p");
+    assert_eq!(run("hr", "/a%3Bb"), "ambiguous_path");
+    // Another app keeps the strict rule.
+    assert_eq!(run("wiki", "/ADMIN"), "policy_blocked:p");
+    assert_eq!(run("wiki", "/a%2Fb"), "ambiguous_path");
+    assert_eq!(run("other", "/a%2Fb"), "ambiguous_path");
+}
+
+#[test]
+fn path_prefixes_are_checked_under_the_rules_of_the_apps_they_judge() {
+    let bad = [
+        (
+            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a;b"]}}]}"#,
+            "policies[0].conditions.paths[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/ok", "/a%2fb"]}}]}"#,
+            "policies[0].conditions.paths[1]",
+        ),
+        (
+            r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true}}},
+                "policies": [{"name": "a", "apps": ["*"], "grant": {"block": true}, "conditions": {"paths": ["/a%2fb"]}}]}"#,
+            "policies[0].conditions.paths[0]",
+        ),
+        (
+            r#"{"apps": {"x": {"users": ["*"], "path_rules": {"nope": true}}}}"#,
+            "apps.x.path_rules.nope",
+        ),
+    ];
+    for (json, field) in bad {
+        let e = PolicyConfig::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{json}: {e}");
+    }
+    // Loosened for every app the policy names: accepted.
+    cfg(
+        r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true, "keep_path_parameters": true}}},
+            "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a%2fb", "/c;d"]}}]}"#,
+    );
+}
