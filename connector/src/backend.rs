@@ -2,15 +2,18 @@
 //! against a CA bundle and/or SPKI pins; hyper-util's pooled client (keep-alive
 //! connections per app); per-app timeout.
 //!
-//! Retries: hyper-util sends a request again when the reused connection it was
-//! queued on closed before the request went out. A bodiless idempotent request
-//! whose established connection failed before any answer (a keep-alive connection
-//! the backend had just closed) is sent once more. Nothing else is retried: a
-//! connect failure is `backend_unreachable`, and the edge may try another connector.
+//! Retries, on reused connections only: hyper-util sends a request again when the
+//! reused connection it was queued on closed before the request went out, and a
+//! bodiless idempotent request whose reused connection failed before any answer
+//! (a keep-alive connection the backend had just closed) is sent once more. A
+//! failure on a fresh connection is never retried (the backend saw the request and
+//! gave no answer): `backend_error`. A connect failure is `backend_unreachable`, and
+//! the edge may try another connector.
 
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -88,15 +91,25 @@ struct Dialer {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
 }
 
-/// A backend connection: plain or TLS.
-enum Stream {
+/// A backend connection: plain or TLS, with the count of answers it gave.
+struct Stream {
+    io: Io,
+    answered: Answered,
+}
+
+enum Io {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
+/// Responses a backend connection has given (carried as its `Connected` extra, so
+/// a failed request tells whether its connection was a reused one).
+#[derive(Clone, Default)]
+struct Answered(Arc<AtomicU64>);
+
 impl Connection for Stream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.answered.clone())
     }
 }
 
@@ -106,9 +119,9 @@ impl hyper::rt::Read for Stream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -119,23 +132,23 @@ impl hyper::rt::Write for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -144,16 +157,16 @@ impl hyper::rt::Write for Stream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -184,14 +197,18 @@ impl tower_service::Service<Uri> for Dialer {
                             .connect(name.clone(), tcp)
                             .await
                             .map_err(|e| tls_error(&e))?;
-                        Ok(Stream::Tls(Box::new(TokioIo::new(tls))))
+                        Ok(Io::Tls(Box::new(TokioIo::new(tls))))
                     }
-                    None => Ok(Stream::Plain(TokioIo::new(tcp))),
+                    None => Ok(Io::Plain(TokioIo::new(tcp))),
                 }
             };
-            tokio::time::timeout(timeout, connect)
+            let io = tokio::time::timeout(timeout, connect)
                 .await
-                .map_err(|_| BackendError::Timeout(ms))?
+                .map_err(|_| BackendError::Timeout(ms))??;
+            Ok(Stream {
+                io,
+                answered: Answered::default(),
+            })
         })
     }
 }
@@ -225,6 +242,25 @@ fn idempotent(m: &http::Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// Counts an answer on the connection that gave it.
+fn answered(resp: Response<Incoming>) -> Response<Incoming> {
+    if let Some(a) = resp.extensions().get::<Answered>() {
+        a.0.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+/// Whether the connection a request failed on had answered before (a reused one).
+fn reused(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut extras = http::Extensions::new();
+    if let Some(c) = e.connect_info() {
+        c.get_extras(&mut extras);
+    }
+    extras
+        .get::<Answered>()
+        .is_some_and(|a| a.0.load(Ordering::Relaxed) > 0)
 }
 
 /// The first [`BackendError`] in an error's chain.
@@ -352,22 +388,26 @@ impl Backend {
         });
         let client = self.client.clone();
         let fut = async move {
-            let classify = |e: hyper_util::client::legacy::Error| match backend_error(&e) {
+            let classify = |e: &hyper_util::client::legacy::Error| match backend_error(e) {
                 Some(b) => Err(b),
-                None if e.is_connect() => Err(BackendError::Unreachable(crate::error_chain(&e))),
-                None => Ok(BackendError::Protocol(crate::error_chain(&e))),
+                None if e.is_connect() => Err(BackendError::Unreachable(crate::error_chain(e))),
+                None => Ok(BackendError::Protocol(crate::error_chain(e))),
             };
             match client.request(req).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(answered(r)),
                 Err(e) => {
-                    // A connection that failed before any answer (a pooled one the
-                    // backend had closed): once more for a request that may be repeated.
-                    let failed = classify(e)?;
+                    // A reused connection that failed before any answer (one the
+                    // backend had just closed): once more for a request that may be
+                    // repeated. A fresh connection's failure is the backend's answer.
+                    let failed = classify(&e)?;
                     match again {
-                        Some(r) => client.request(r).await.map_err(|e| match classify(e) {
-                            Ok(b) | Err(b) => b,
-                        }),
-                        None => Err(failed),
+                        Some(r) if reused(&e) => match client.request(r).await {
+                            Ok(r) => Ok(answered(r)),
+                            Err(e) => Err(match classify(&e) {
+                                Ok(b) | Err(b) => b,
+                            }),
+                        },
+                        _ => Err(failed),
                     }
                 }
             }

@@ -965,3 +965,46 @@ async fn a_reused_backend_connection_found_closed_is_retried_and_no_request_fail
     c.stop().await;
     w.edge.stop().await;
 }
+
+#[tokio::test]
+async fn a_fresh_backend_connection_that_fails_is_not_retried() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncReadExt;
+    // A backend that reads each request and closes without an answer: the app
+    // saw the request, so it must not see it twice.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicU64::new(0));
+    let n = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let w = world(|_| vec![app("hello", "default", &format!("http://{addr}"))]).await;
+    let mut cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    cfg.tunnels_per_edge = 1;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 1).await;
+    let (status, headers, body) = get(&client(), &w.edge, "hello", "/x").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert_eq!(headers["x-portcullis-error"], "backend_error");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the GET was sent once");
+    c.stop().await;
+    w.edge.stop().await;
+}
