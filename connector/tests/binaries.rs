@@ -463,3 +463,61 @@ fn native_binaries_are_built_to_unwind_and_the_wasm_filters_to_abort() {
     let joined = rt.block_on(async { tokio::spawn(async { panic!("one task") }).await });
     assert!(joined.unwrap_err().is_panic());
 }
+
+/// The soft and hard `Max open files` of `pid`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    (cols[3].to_string(), cols[4].to_string())
+}
+
+#[tokio::test]
+async fn the_edge_raises_its_descriptor_limit_at_start_and_warns_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new(dir.path());
+    let port = || portcullis_e2e::free_port().unwrap();
+    for (limit, raised) in [("1024:8192", "8192"), ("1024:1024", "1024")] {
+        let mut file = edge_file(
+            &dir.path().join("edge"),
+            &idp.jwks_path,
+            vec![app("hello", "default", "http://127.0.0.1:9")],
+        );
+        let metrics = port();
+        file.listen.registration = format!("127.0.0.1:{}", port());
+        file.listen.tunnel = format!("127.0.0.1:{}", port());
+        file.listen.insecure_envoy_h2c_tcp = None;
+        file.listen.metrics = Some(format!("127.0.0.1:{metrics}"));
+        let path = dir.path().join("edge.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+        let log = dir.path().join(format!("edge-{raised}.log"));
+        // systemd's default soft limit of 1,024, with a higher hard limit or not.
+        let mut child = Command::new("prlimit")
+            .arg(format!("--nofile={limit}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_portcullis-edge"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while http_text(&format!("http://127.0.0.1:{metrics}/metrics"))
+            .await
+            .is_none()
+        {
+            assert!(std::time::Instant::now() < deadline, "edge did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (soft, hard) = open_files_limit(child.id());
+        let text = std::fs::read_to_string(&log).unwrap();
+        sigterm(child.id());
+        exit_within(&mut child, Duration::from_secs(5)).await;
+        assert_eq!((soft.as_str(), hard.as_str()), (raised, raised), "{limit}");
+        let warned = text.contains("descriptor limit (RLIMIT_NOFILE) is low");
+        assert_eq!(warned, raised == "1024", "{limit}: {text}");
+    }
+}
