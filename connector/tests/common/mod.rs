@@ -604,7 +604,9 @@ pub async fn fake_connector(
         .await
         .unwrap();
     tokio::spawn(async move {
-        let svc = service_fn(move |_req: Request<Incoming>| async move {
+        let svc = service_fn(move |req: Request<Incoming>| async move {
+            // Read the request whole, as a connector does before its backend fails.
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
             Ok::<_, Infallible>(
                 Response::builder()
                     .status(status)
