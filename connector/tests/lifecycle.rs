@@ -433,3 +433,69 @@ async fn two_edge_processes_on_one_redis_agree_on_a_revocation_made_with_the_cli
     c.trigger.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), c.handle.wait()).await;
 }
+
+#[tokio::test]
+async fn a_revoked_connectors_streams_in_flight_end_within_a_second() {
+    let w = world(hello).await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    // A long answer in flight (headers after 5 s), and a long download read slowly.
+    let client = client();
+    let slow = {
+        let client = client.clone();
+        let r = req(&w.edge, "hello", "/slow?ms=5000")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        tokio::spawn(async move {
+            match client.request(r).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    (Some(status), body.is_ok())
+                }
+                Err(_) => (None, false),
+            }
+        })
+    };
+    let download = {
+        let client = client.clone();
+        let r = req(&w.edge, "hello", "/bytes?n=67108864")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        tokio::spawn(async move {
+            let resp = client.request(r).await.unwrap();
+            let mut body = resp.into_body();
+            loop {
+                match http_body_util::BodyExt::frame(&mut body).await {
+                    Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Some(Err(_)) => return false,
+                    None => return true,
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    admin_endpoint(&w.edge)
+        .revoke_connector(&w.idp.admin_token(), &c.handle.connector_id(), None)
+        .await
+        .unwrap();
+    // The download in flight is cut with the tunnel, within a second.
+    let finished = tokio::time::timeout(Duration::from_secs(2), download)
+        .await
+        .expect("the download ended at the revocation")
+        .unwrap();
+    assert!(!finished, "the revoked connector's download completed");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The answer it was preparing never arrives (the read waits for another
+    // connector of the group, there is none: 502).
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the slow request ended")
+        .unwrap();
+    assert_eq!(status, Some(StatusCode::BAD_GATEWAY));
+    c.trigger.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.handle.wait()).await;
+    w.edge.stop().await;
+}

@@ -11,7 +11,7 @@
 //! every request).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,33 @@ struct Tunnel {
     sender: http2::SendRequest<BoxBody>,
     inflight: Arc<AtomicUsize>,
     served: Arc<AtomicU64>,
-    kill: Arc<Notify>,
+    kill: Arc<Kill>,
+}
+
+/// Ends one tunnel connection from outside (revocation, the end of the drain).
+#[derive(Default)]
+pub(crate) struct Kill {
+    notify: Notify,
+    killed: AtomicBool,
+}
+
+impl Kill {
+    fn kill(&self) {
+        // Set before the pool lets go of the tunnel's sender, whose drop may end
+        // the connection's task first.
+        self.killed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the kill.
+    pub(crate) async fn killed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether the tunnel was killed (its streams in flight must end too).
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +88,7 @@ struct Inner {
     tunnels: BTreeMap<u64, Tunnel>,
     health: HashMap<String, Health>,
     /// Tunnels removed from the pool whose connections have not ended yet.
-    closing: BTreeMap<u64, Arc<Notify>>,
+    closing: BTreeMap<u64, Arc<Kill>>,
 }
 
 /// The pool of live tunnels.
@@ -92,7 +118,7 @@ pub(crate) struct Picked {
 pub(crate) struct Registration<'a> {
     pool: &'a TunnelPool,
     pub id: u64,
-    pub kill: Arc<Notify>,
+    pub kill: Arc<Kill>,
 }
 
 impl Drop for Registration<'_> {
@@ -122,7 +148,7 @@ impl TunnelPool {
         sender: http2::SendRequest<BoxBody>,
     ) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let kill = Arc::new(Notify::new());
+        let kill = Arc::new(Kill::default());
         self.running.fetch_add(1, Ordering::Relaxed);
         self.lock().tunnels.insert(
             id,
@@ -288,8 +314,10 @@ impl TunnelPool {
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
+            if let Some(t) = inner.tunnels.get(id) {
+                t.kill.kill();
+            }
             if let Some(t) = inner.tunnels.remove(id) {
-                t.kill.notify_one();
                 inner.closing.insert(*id, t.kill);
             }
         }
@@ -315,10 +343,10 @@ impl TunnelPool {
     pub(crate) fn kill_all(&self) {
         let inner = self.lock();
         for t in inner.tunnels.values() {
-            t.kill.notify_one();
+            t.kill.kill();
         }
         for kill in inner.closing.values() {
-            kill.notify_one();
+            kill.kill();
         }
     }
 

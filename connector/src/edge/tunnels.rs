@@ -210,27 +210,33 @@ async fn serve_tunnel(
     let silence_limit = crate::liveness::silence_limit(dynamic.keepalive, dynamic.ping_timeout);
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
     tokio::pin!(conn);
-    loop {
+    let dead = loop {
         tokio::select! {
             res = &mut conn => {
                 if let Err(e) = res {
                     debug!(tunnel = id, "tunnel ended: {}", crate::error_chain(&e));
                 }
-                break;
+                break false;
             }
-            _ = registration.kill.notified() => {
+            _ = registration.kill.killed() => {
                 debug!(tunnel = id, "tunnel dropped");
-                break;
+                break true;
             }
             _ = watchdog.tick() => {
                 let silent = liveness.silent_for();
                 if silent > silence_limit {
                     warn!(tunnel = id, silent_ms = silent.as_millis() as u64, "no data from the connector; dropping the tunnel");
                     state.metrics.error("tunnel_dead_peer");
-                    break;
+                    break true;
                 }
             }
         }
+    };
+    if dead || registration.kill.is_killed() {
+        // Dropped (revoked, dead, or the drain is over): HTTP/2's connection task
+        // would keep the connection open for the streams still on it; cut it, so
+        // they end now too.
+        liveness.cut();
     }
     drop(registration);
     state.metrics.tunnels_up.fetch_sub(1, Ordering::Relaxed);
