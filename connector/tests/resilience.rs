@@ -282,3 +282,88 @@ async fn a_request_waits_for_the_only_connector_to_come_back() {
     c.stop().await;
     w.edge.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_tells_envoy_goaway_finishes_what_is_in_flight_and_closes_the_tunnels() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let w = world_with(hello, |f| f.drain_seconds = 30).await;
+    let dir = w.dir.path().join("c1");
+    register(&w.edge, &w.idp, &dir, "default").await;
+    // A tunnel served by hand (`/slow` answers after a second), to see how the
+    // edge ends it.
+    let tcp = tokio::net::TcpStream::connect(w.edge.handle.tunnel_addr)
+        .await
+        .unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(connector_tls(&dir, portcullis_connector::TUNNEL_ALPN))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+    let tunnel = tokio::spawn(
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
+            TokioIo::new(tls),
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(
+                    portcullis_connector::body::full("ok"),
+                ))
+            }),
+        ),
+    );
+    wait_tunnels(&w.edge, 1).await;
+    // Envoy's side: one HTTP/2 connection.
+    let tcp = tokio::net::TcpStream::connect(w.edge.local_addr())
+        .await
+        .unwrap();
+    let (envoy, envoy_conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        portcullis_connector::body::BoxBody,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
+    .await
+    .unwrap();
+    let envoy_conn = tokio::spawn(envoy_conn);
+    let ask = |path: &str| {
+        let mut envoy = envoy.clone();
+        let r = http::Request::get(format!("http://hello.example.test{path}"))
+            .header("x-portcullis-app", "hello")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        async move { envoy.send_request(r).await.map(|r| r.status()) }
+    };
+    assert_eq!(ask("/echo").await.unwrap(), StatusCode::OK);
+    let slow = tokio::spawn(ask("/slow"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let t = Instant::now();
+    w.edge.trigger.trigger();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Envoy was told GOAWAY: a new request on its connection is refused at the
+    // HTTP/2 level (Envoy retries it on another edge), not answered with an error.
+    match ask("/echo").await {
+        Err(e) => println!("new request refused: {e}"),
+        Ok(status) => panic!("a new request was answered {status} during the drain"),
+    }
+    // What was in flight finishes; then the tunnel and Envoy's connection end
+    // cleanly and the edge stops, long before the 30 s drain.
+    assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(3), tunnel)
+        .await
+        .expect("the tunnel ends")
+        .unwrap();
+    assert!(ended.is_ok(), "the tunnel ended with an error: {ended:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(3), envoy_conn)
+        .await
+        .expect("Envoy's connection ends")
+        .unwrap();
+    assert!(
+        ended.is_ok(),
+        "Envoy's connection ended with an error: {ended:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(3), w.edge.handle.wait())
+        .await
+        .expect("the edge stops once nothing is in flight");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
