@@ -521,3 +521,94 @@ async fn the_edge_raises_its_descriptor_limit_at_start_and_warns_when_it_cannot(
         assert_eq!(warned, raised == "1024", "{limit}: {text}");
     }
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test]
+async fn a_connector_stopped_with_sigstop_is_dropped_within_10_s_and_its_reads_go_to_another() {
+    // The edge and both connectors with the default liveness settings.
+    let defaults: portcullis_connector::config::EdgeConfigFile =
+        serde_json::from_value(serde_json::json!({
+            "state_dir": "/x", "groups": ["default"],
+            "admin": {"jwks_file": "/x", "issuer": "i", "audience": "a", "admin_roles": ["r"]}
+        }))
+        .unwrap();
+    let w = world_with(
+        |b| vec![app("hello", "default", &format!("http://{}", b.addr))],
+        |f| {
+            f.keepalive_seconds = defaults.keepalive_seconds;
+            f.ping_timeout_seconds = defaults.ping_timeout_seconds;
+        },
+    )
+    .await;
+    let frozen_dir = w.dir.path().join("frozen");
+    let _ = register(&w.edge, &w.idp, &frozen_dir, "default").await;
+    let mut frozen = Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
+        .args(["run", "--state-dir"])
+        .arg(&frozen_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_tunnels(&w.edge, 2).await;
+    let frozen_tunnels: Vec<u64> = w.edge.handle.tunnels().iter().map(|t| t.id).collect();
+    let mut live_cfg = register(&w.edge, &w.idp, &w.dir.path().join("live"), "default").await;
+    let connector_defaults = portcullis_connector::config::ConnectorConfigFile::with_defaults(
+        "/x".into(),
+        vec![],
+        "localhost".into(),
+    );
+    live_cfg.keepalive_seconds = connector_defaults.keepalive_seconds;
+    live_cfg.ping_timeout_seconds = connector_defaults.ping_timeout_seconds;
+    let live = start_connector(&live_cfg).await;
+    wait_tunnels(&w.edge, 4).await;
+
+    signal(frozen.id(), "-STOP");
+    let t = std::time::Instant::now();
+    let client = client();
+    let mut reads = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        let r = req(&w.edge, "hello", "/echo")
+            .body(portcullis_connector::body::empty())
+            .unwrap();
+        reads.push(tokio::spawn(async move {
+            let status = client.request(r).await.map(|r| r.status());
+            (status.ok(), t.elapsed())
+        }));
+    }
+    for r in reads {
+        let (status, after) = r.await.unwrap();
+        assert_eq!(
+            status,
+            Some(http::StatusCode::OK),
+            "a read is retried elsewhere"
+        );
+        assert!(after < Duration::from_secs(10), "answered after {after:?}");
+    }
+    eventually(10, "the stopped connector's tunnels dropped", || {
+        w.edge
+            .handle
+            .tunnels()
+            .iter()
+            .all(|x| !frozen_tunnels.contains(&x.id))
+    })
+    .await;
+    // (by the edge's keepalive ping time-out, or its watchdog)
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "found after {:?}",
+        t.elapsed()
+    );
+    signal(frozen.id(), "-CONT");
+    let _ = frozen.kill();
+    let _ = frozen.wait();
+    live.stop().await;
+    w.edge.stop().await;
+}
