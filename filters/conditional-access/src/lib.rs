@@ -8,6 +8,21 @@
 //! downstream address (`source.address`), the request headers and the clock.
 //! Every decision is logged as one JSON line at info level and counted in
 //! `portcullis_ca.app.<app>.result.<allow|deny|step_up>`.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_core::app::{self, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::denial::Denial;

@@ -6,6 +6,21 @@
 //! The decisions live in [`portcullis_core::cookies`]; this crate only
 //! translates callbacks. Header values are handled as bytes, so a header that
 //! is not UTF-8 never makes the filter panic.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_core::app::{self, Chosen, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::cookies::{
