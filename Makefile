@@ -38,3 +38,11 @@ fuzz:
 wasm-soak:
 	WASM_ONLY=1 scripts/build.sh
 	PORTCULLIS_WASM_SOAK=$${PORTCULLIS_WASM_SOAK:-20000} cargo test --release -p portcullis-host-tests --test random_inputs soak -- --ignored --nocapture
+
+# Release artefacts in dist/portcullis-<version>/: the .wasm modules, their OCI image layouts,
+# static edge and connector binaries, an SBOM, SHA256SUMS (docs/dist.md).
+.PHONY: dist
+dist:
+	scripts/setup.sh
+	scripts/setup-dist.sh
+	scripts/dist.sh

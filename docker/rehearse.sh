@@ -8,6 +8,9 @@
 #   - /var/lib is a private tmpfs, so the named volumes keep their container paths;
 #   - the same entry scripts run: edge-start.sh, admin-token.sh, connector-register.sh,
 #     envoy-start.sh;
+#   - Envoy runs from a directory holding exactly the files the envoy stage of
+#     docker/portcullis.Dockerfile puts into its image (its COPY lines, the modules from the
+#     builder's cargo command), so the image's file set is shown to be enough;
 # then scripts/verify.sh drives the whole-system checks against it on 127.0.0.1:10000.
 #
 # Not rehearsed (needs an engine): the images themselves (their build, user ids and file
@@ -118,8 +121,11 @@ say "connector"
 start connector . portcullis-connector run --state-dir /var/lib/portcullis/connector
 healthy connector portcullis-healthcheck tunnel 8442
 
-say "envoy (envoy-configs/compose.yaml)"
-start envoy . docker/envoy-start.sh
+say "envoy (the envoy image's files only, from the Dockerfile's stage: scripts/check_deploy.py --materialise)"
+python=.tools/venv/bin/python
+[[ -x $python ]] || python=python3
+"$python" scripts/check_deploy.py --materialise envoy "$work/envoy-image" >"$work/envoy-image.log"
+start envoy "$work/envoy-image/portcullis" ./docker/envoy-start.sh
 healthy envoy portcullis-healthcheck http 9901 /ready LIVE
 
 say "scripts/verify.sh http://127.0.0.1:10000"

@@ -4,7 +4,8 @@
 #      schema check `up` does first);
 #   2. scripts/check_deploy.py: compose invariants (health checks, start conditions, loopback-only ports,
 #      the apps' network out of Envoy's reach, the tests' Envoy version, mounts) and that the
-#      compose Envoy config, docker/edge.json and the services agree; the Dockerfiles' sources;
+#      compose Envoy config, docker/edge.json and the services agree; the Dockerfiles' stages
+#      (what each image holds, which build step makes it, the envoy image's files for its config);
 #      the Kubernetes manifests against a schema of their CRDs, filter order, FAIL_CLOSE,
 #      cross-references; `portcullis-edge check` on every edge.json; a self-test that each
 #      kind of break is reported;

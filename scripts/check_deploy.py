@@ -2,13 +2,21 @@
 """Offline checks of the container and mesh deployment files (no engine, no cluster needed).
 
     scripts/check_deploy.py [--compose-config FILE] [--edge-bin PATH] [--self-test]
+    scripts/check_deploy.py --materialise TARGET DIR   (the files of an image stage, for docker/rehearse.sh)
 
 - docker-compose.yml, as normalised by `docker-compose config` (FILE): health checks and
   start-up conditions, loopback-only ports, the two networks (Envoy never on the apps' one), the
   Envoy image version against scripts/setup.sh, the mounts the Envoy config needs, and that
   envoy-configs/compose.yaml, docker/edge.json and the services agree (hosts, ports, issuer,
   trusted proxy address, app URLs);
-- the Dockerfiles' COPY sources exist;
+- the Dockerfiles' stages (docker-compose.yml builds everything from source): each service's
+  build target is a stage; what each stage's image holds, from its COPY lines and its base
+  stage; every COPY source exists in the build context and is not kept out by .dockerignore;
+  every COPY --from names an earlier stage and a file that stage makes (a repository file or the
+  output of its `cargo build --locked`, whose packages, binaries and `rustup target add` are
+  checked against the workspace); the envoy stage is built on the tests' Envoy image and holds
+  every file envoy-configs/compose.yaml loads, at the same path; images run as non-root users;
+  the builder's Rust is at least the workspace's rust-version;
 - every Kubernetes manifest under envoy-configs/{istio,envoy-gateway,kubernetes}/: a hand-written schema of the resources used (Istio
   WasmPlugin, Gateway, VirtualService, ServiceEntry, DestinationRule; Gateway API Gateway and
   HTTPRoute; Envoy Gateway EnvoyExtensionPolicy and EnvoyPatchPolicy; core Namespace, ConfigMap,
@@ -546,7 +554,7 @@ def normalise(compose):
     return compose
 
 
-def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
+def check_compose(p, compose, envoy_yaml, edge_json, edge_bin, images=None):
     where = "docker-compose.yml"
     services = compose.get("services") or {}
     networks = compose.get("networks") or {}
@@ -603,8 +611,19 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
 
     envoy = services.get("envoy") or {}
     version = envoy_setup_version()
-    if envoy.get("image") != f"envoyproxy/envoy:v{version}":
-        p.add(f"{where} service envoy", f"image {envoy.get('image')} is not the tests' Envoy ({version})")
+    build = envoy.get("build") or {}
+    dockerfile = build.get("dockerfile", "Dockerfile")
+    image_files = {}
+    if not build:
+        p.add(f"{where} service envoy", "must be built from source (build: docker/portcullis.Dockerfile, target envoy)")
+    elif images is not None:
+        image_files, _, base = images.image(p, dockerfile, build.get("target") or "")
+        # The base of the stage (through its own bases) is the tests' Envoy.
+        stages = {st["name"]: st for st in images.stages.get(dockerfile, [])}
+        while base in stages:
+            base = stages[base]["base"]
+        if base != f"envoyproxy/envoy:v{version}":
+            p.add(f"{dockerfile} stage {build.get('target')}", f"is built on {base}, not the tests' Envoy (envoyproxy/envoy:v{version})")
     workdir = envoy.get("working_dir", "/")
     mounts = {}
     for v in envoy.get("volumes") or []:
@@ -612,18 +631,28 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin):
         if not ro:
             p.add(f"{where} service envoy", f"mount {dst} must be read-only")
         mounts[dst] = src
-    for rel_path in re.findall(r"filename: ([^\s}]+)", envoy_yaml):
+    needed = re.findall(r"filename: ([^\s}]+)", envoy_yaml) + ["envoy-configs/compose.yaml"]
+    needed += [c for c in (envoy.get("command") or [])[:1] if isinstance(c, str)]
+    for rel_path in needed:
         inside = rel_path if rel_path.startswith("/") else os.path.normpath(os.path.join(workdir, rel_path))
-        host = next((os.path.join(src, os.path.relpath(inside, dst)) for dst, src in mounts.items()
+        repo_path = os.path.relpath(inside, workdir)
+        host = next((src if inside == dst else os.path.join(src, os.path.relpath(inside, dst))
+                     for dst, src in mounts.items()
                      if inside == dst or inside.startswith(dst.rstrip("/") + "/")), None)
+        if host is None and images is not None:
+            made = images.lookup(image_files, inside)
+            if made is None:
+                p.add("envoy-configs/compose.yaml", f"{rel_path} ({inside}) is neither in the envoy image nor under a mount")
+                continue
+            host, what = made
+            if host is None or what.startswith("cargo build"):
+                continue  # made by a build step (checked with the Dockerfile)
         if host is None:
             p.add("envoy-configs/compose.yaml", f"{rel_path} is not under any mount of the envoy service")
-        elif os.path.normpath(os.path.relpath(host, ROOT)) != os.path.normpath(rel_path):
+        elif os.path.normpath(os.path.relpath(host, ROOT)) != os.path.normpath(repo_path):
             p.add("envoy-configs/compose.yaml", f"{rel_path} maps to {host}, not the same repository path")
-        elif not os.path.exists(host) and "/target/" not in host:
+        elif not os.path.exists(host):
             p.add("envoy-configs/compose.yaml", f"{rel_path}: {host} does not exist")
-    if not any(d.endswith("envoy-configs/compose.yaml") for d in mounts):
-        p.add(f"{where} service envoy", "does not mount envoy-configs/compose.yaml")
 
     # The edge's shared store: Redis on a network of its own with the edge only.
     edge = json.loads(edge_json)
@@ -717,33 +746,273 @@ def check_envoy_to_edge(p, where, services, envoy_yaml, edge):
             p.add("docker/edge.json", f"app {a.get('name')} has no assertion: identity could never travel")
 
 
-def check_dockerfiles(p):
-    for name in sorted(os.listdir(os.path.join(ROOT, "docker"))):
-        if not name.endswith("Dockerfile"):
-            continue
-        text = read(os.path.join(ROOT, "docker", name))
-        context = "target/wasm32-wasip1/release" if name == "wasm-plugin.Dockerfile" else "."
-        for line in text.splitlines():
-            m = re.match(r"^COPY\s+(?!--from)(?:--\S+\s+)*(.+)$", line)
-            if not m:
+class Images:
+    """The Dockerfiles under docker/ as stages (FROM ... AS name, then instructions), what each
+    stage's image holds (COPY destinations, inherited from a base stage), what the builder's
+    cargo commands produce, and .dockerignore. Offline: nothing is built."""
+
+    HOST = "host"
+
+    def __init__(self, dockerfiles, dockerignore, workspace, rust_version):
+        self.texts = dockerfiles  # {"docker/x.Dockerfile": text}
+        self.ignore = [l.strip() for l in dockerignore.splitlines() if l.strip() and not l.startswith("#")]
+        self.workspace = workspace  # {package: {"bins": set, "lib": name or None}}
+        self.rust_version = rust_version
+        self.stages = {name: self.parse(text) for name, text in dockerfiles.items()}
+        self.memo = {}
+
+    @staticmethod
+    def parse(text):
+        stages = []
+        for line in re.sub(r"\\\n", " ", text).splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
                 continue
-            for src in m.group(1).split()[:-1]:
-                if "$" in src or context != ".":
+            op, _, rest = line.partition(" ")
+            if op.upper() == "FROM":
+                m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.I)
+                stages.append({"name": m.group(2) or str(len(stages)), "base": m.group(1), "instrs": []})
+            elif stages:
+                stages[-1]["instrs"].append((op.upper(), rest.strip()))
+        return stages
+
+    @staticmethod
+    def copy_args(rest):
+        flags, words = {}, rest.split()
+        while words and words[0].startswith("--"):
+            k, _, v = words.pop(0)[2:].partition("=")
+            flags[k] = v
+        return flags, words[:-1], words[-1] if words else ""
+
+    def ignored(self, src):
+        import fnmatch
+        path = os.path.normpath(src)
+        for pat in self.ignore:
+            pat = pat.rstrip("/")
+            bits = path.split("/")
+            if any(fnmatch.fnmatch("/".join(bits[:n]), pat) for n in range(1, len(bits) + 1)):
+                return pat
+            if pat.startswith("**/") and any(fnmatch.fnmatch(b, pat[3:]) for b in bits):
+                return pat
+        return None
+
+    def cargo_outputs(self, p, where, stage):
+        """{absolute path: description} of what the stage's cargo builds produce."""
+        out, added, workdir = {}, set(), "/"
+        for op, rest in stage["instrs"]:
+            if op == "WORKDIR":
+                workdir = rest if rest.startswith("/") else os.path.normpath(os.path.join(workdir, rest))
+            if op != "RUN":
+                continue
+            for cmd in rest.split("&&"):
+                words = cmd.split()
+                if words[:3] == ["rustup", "target", "add"]:
+                    added.update(words[3:])
+                if words[:2] != ["cargo", "build"]:
                     continue
-                if not os.path.exists(os.path.join(ROOT, src)):
-                    p.add(f"docker/{name}", f"COPY source {src} does not exist")
-        if not re.search(r"^USER\s+(?!root|0\b)\S+", text, re.M) and name != "wasm-plugin.Dockerfile":
-            p.add(f"docker/{name}", "the runtime image must run as a non-root USER")
+                if "--locked" not in words:
+                    p.add(where, f"`{' '.join(words[:6])} ...` must build --locked (Cargo.lock as committed)")
+                triple = words[words.index("--target") + 1] if "--target" in words else self.HOST
+                if triple != self.HOST and triple not in added:
+                    p.add(where, f"cargo builds for {triple}, but the stage has no `rustup target add {triple}` before it")
+                pkgs = [words[k + 1] for k, w in enumerate(words) if w == "-p"]
+                bins = [words[k + 1] for k, w in enumerate(words) if w == "--bin"]
+                # `--profile native` builds into target/native (`--release` is the `release` profile).
+                release = (words[words.index("--profile") + 1] if "--profile" in words
+                           else "release" if "--release" in words else "debug")
+                tdir = f"{workdir}/target/{release}" if triple == self.HOST else f"{workdir}/target/{triple}/{release}"
+                for pkg in pkgs:
+                    if pkg not in self.workspace:
+                        p.add(where, f"cargo builds -p {pkg}, which is no workspace package")
+                for b in bins:
+                    if not any(b in self.workspace.get(pkg, {}).get("bins", ()) for pkg in pkgs):
+                        p.add(where, f"cargo builds --bin {b}, which none of {pkgs} has")
+                    out[f"{tdir}/{b}"] = f"cargo build --bin {b}"
+                if not bins:
+                    for pkg in pkgs:
+                        lib = self.workspace.get(pkg, {}).get("lib")
+                        if lib and triple.startswith("wasm32"):
+                            out[f"{tdir}/{lib}.wasm"] = f"cargo build -p {pkg} --target {triple}"
+        return out
+
+    def image(self, p, dockerfile, target):
+        """{path in the image: (host path or None, what makes it)} of stage `target`, its user
+        and base; problems are reported once per stage."""
+        key = (dockerfile, target)
+        if key not in self.memo:
+            q = Problems()
+            self.memo[key] = self.build_image(q, dockerfile, target)
+            for item in q.items:
+                where, _, what = item.partition(": ")
+                p.add(where, what)
+        return self.memo[key]
+
+    def build_image(self, p, dockerfile, target):
+        where = dockerfile
+        stages = {st["name"]: (k, st) for k, st in enumerate(self.stages.get(dockerfile, []))}
+        if target not in stages:
+            p.add(where, f"has no stage {target!r}")
+            return {}, None, None
+        index, stage = stages[target]
+        files, user, workdir = {}, None, "/"
+        base = stage["base"]
+        if base in stages:
+            files, user, _ = self.image(p, dockerfile, base)
+            files = dict(files)
+        builds = self.cargo_outputs(p, f"{where} stage {target}", stage)
+        for op, rest in stage["instrs"]:
+            if op == "WORKDIR":
+                workdir = rest if rest.startswith("/") else os.path.normpath(os.path.join(workdir, rest))
+            elif op == "USER":
+                user = rest.split(":")[0]
+            elif op in ("COPY", "ADD"):
+                flags, srcs, dest = self.copy_args(rest)
+                dest = dest if dest.startswith("/") else os.path.normpath(os.path.join(workdir, dest)) + ("/" if dest.endswith("/") else "")
+                into_dir = dest.endswith("/") or len(srcs) > 1
+                src_stage = flags.get("from")
+                if src_stage is not None and (src_stage not in stages or stages[src_stage][0] >= index):
+                    p.add(where, f"stage {target}: COPY --from={src_stage} names no earlier stage")
+                    continue
+                if src_stage is not None:
+                    src_files, _, _ = self.image(p, dockerfile, src_stage)
+                for src in srcs:
+                    to = os.path.join(dest, os.path.basename(src.rstrip("/"))) if into_dir else dest.rstrip("/")
+                    if src_stage is None:
+                        if "$" in src:
+                            continue
+                        if src.rstrip("/") in (".", "") or os.path.isdir(os.path.join(ROOT, src)):
+                            files[to.rstrip("/") + "/"] = (os.path.normpath(os.path.join(ROOT, src)), "the build context")
+                        elif not os.path.exists(os.path.join(ROOT, src)):
+                            p.add(where, f"COPY source {src} does not exist")
+                        else:
+                            files[to] = (os.path.join(ROOT, src), "the build context")
+                        pat = self.ignored(src) if src.rstrip("/") not in (".", "") else None
+                        if pat:
+                            p.add(where, f"COPY source {src} is excluded by .dockerignore ({pat})")
+                    else:
+                        made = self.lookup(src_files, src)
+                        if made is None:
+                            p.add(where, f"stage {target}: COPY --from={src_stage} {src}: no step of stage {src_stage} makes it")
+                        else:
+                            files[to] = made
+        # A build output at WORKDIR/<path> is, on a machine that ran the same cargo command in
+        # the repository, <repository>/<path> (the builder copies the whole context to WORKDIR).
+        context_dir = next((d for d, (h, _) in files.items() if d.endswith("/") and h == os.path.normpath(ROOT)), None)
+        for k, v in builds.items():
+            host = os.path.join(ROOT, k[len(context_dir):]) if context_dir and k.startswith(context_dir) else None
+            files[k] = (host, v)
+        return files, user, stage["base"]
+
+    def lookup(self, files, path):
+        """What provides `path` in an image's file map: the file itself, or a directory copied
+        from the build context (less what .dockerignore keeps out of the context)."""
+        path = os.path.normpath(path)
+        if path in files:
+            return files[path]
+        for dest, (host, what) in files.items():
+            if dest.endswith("/") and path.startswith(dest):
+                if host is None or what.startswith("cargo build"):
+                    return None
+                inner = os.path.join(host, path[len(dest):])
+                if os.path.relpath(inner, ROOT).startswith("..") or self.ignored(os.path.relpath(inner, ROOT)):
+                    return None
+                return (inner, what) if os.path.exists(inner) else None
+        return None
+
+    def check(self, p, uses):
+        """uses: [(dockerfile, target or None)] of the compose services."""
+        for name, text in self.texts.items():
+            if name.endswith("wasm-plugin.Dockerfile"):
+                continue
+            for st in self.stages[name]:
+                self.image(p, name, st["name"])
+                m = re.match(r"rust:(\d+)\.(\d+)", st["base"])
+                if m and tuple(map(int, m.groups())) < tuple(map(int, self.rust_version.split(".")[:2])):
+                    p.add(name, f"builder {st['base']} is older than the workspace's rust-version {self.rust_version}")
+        for dockerfile, target in uses:
+            stages = self.stages.get(dockerfile)
+            if stages is None:
+                p.add("docker-compose.yml", f"builds {dockerfile}, which does not exist")
+                continue
+            target = target or stages[-1]["name"]
+            _, user, _ = self.image(p, dockerfile, target)
+            if user in (None, "root", "0"):
+                p.add(dockerfile, f"stage {target}: the image must run as a non-root USER")
+
+
+def load_images():
+    dockerfiles = {}
+    for name in sorted(os.listdir(os.path.join(ROOT, "docker"))):
+        if name.endswith("Dockerfile"):
+            dockerfiles[f"docker/{name}"] = read(os.path.join(ROOT, "docker", name))
+    r = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps", "--locked"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        sys.exit(f"cargo metadata --locked failed (is Cargo.lock current?):\n{r.stderr}")
+    meta = json.loads(r.stdout)
+    workspace = {}
+    for pkg in meta["packages"]:
+        bins = {t["name"] for t in pkg["targets"] if "bin" in t["kind"]}
+        lib = next((t["name"].replace("-", "_") for t in pkg["targets"] if "cdylib" in t["kind"]), None)
+        workspace[pkg["name"]] = {"bins": bins, "lib": lib}
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        import tomllib
+        rust_version = tomllib.load(f)["workspace"]["package"]["rust-version"]
+    return Images(dockerfiles, read(os.path.join(ROOT, ".dockerignore")), workspace, rust_version)
 
 
 # --- self test --------------------------------------------------------------------------------------
 
-def self_test(compose, envoy_yaml, edge_json, manifests):
+def materialise(images, dockerfile, target, out):
+    """Writes the files of a stage's image (those Portcullis puts there) under `out`, taken from
+    this repository and its builds: what docker/rehearse.sh runs Envoy from."""
+    p = Problems()
+    files, _, _ = images.image(p, dockerfile, target)
+    if p.items:
+        sys.exit("\n".join(f"problem: {i}" for i in p.items))
+    for dest, (host, what) in sorted(files.items()):
+        if host is None or dest.endswith("/"):
+            continue  # directories of the builder's context never reach this image directly
+        if not os.path.exists(host):
+            sys.exit(f"{host} is missing ({what}): build it first")
+        to = os.path.join(out, dest.lstrip("/"))
+        os.makedirs(os.path.dirname(to), exist_ok=True)
+        import shutil
+        shutil.copy2(host, to)
+        print(os.path.relpath(to, out))
+
+
+def image_uses(compose):
+    """(Dockerfile, target) of every compose service built from source."""
+    uses = []
+    for s in (compose.get("services") or {}).values():
+        b = s.get("build")
+        if isinstance(b, dict):
+            uses.append((b.get("dockerfile", "Dockerfile"), b.get("target")))
+        elif isinstance(b, str):
+            uses.append(("Dockerfile", None))
+    return uses
+
+
+def check_images(p, compose, images):
+    images.check(p, image_uses(compose))
+
+
+def self_test(compose, envoy_yaml, edge_json, manifests, images):
     """Each break must be reported; the unbroken files must pass."""
-    def compose_problems(c=compose, e=envoy_yaml, j=edge_json):
+    def compose_problems(c=compose, e=envoy_yaml, j=edge_json, im=images):
         p = Problems()
-        check_compose(p, c, e, j, None)
+        im = Images(im.texts, "\n".join(im.ignore), im.workspace, im.rust_version)
+        check_compose(p, c, e, j, None, im)
+        check_images(p, c, im)
         return p.items
+
+    def with_dockerfile(old, new, name="docker/portcullis.Dockerfile", ignore=None):
+        texts = dict(images.texts)
+        if old not in texts[name]:
+            failures.append(f"self-test break not applicable: {old!r} is not in {name}")
+        texts[name] = texts[name].replace(old, new, 1)
+        return Images(texts, "\n".join(images.ignore) if ignore is None else ignore, images.workspace, images.rust_version)
 
     def manifest_problems(files):
         p = Problems()
@@ -768,9 +1037,30 @@ def self_test(compose, envoy_yaml, edge_json, manifests):
     c = copy.deepcopy(compose)
     del c["services"]["edge"]["healthcheck"]
     expect("no health check", compose_problems(c), "health check")
+    expect("other Envoy", compose_problems(im=with_dockerfile("FROM envoyproxy/envoy:v1.40.0 AS envoy",
+                                                           "FROM envoyproxy/envoy:v1.30.0 AS envoy")), "tests' Envoy")
     c = copy.deepcopy(compose)
-    c["services"]["envoy"]["image"] = "envoyproxy/envoy:v1.30.0"
-    expect("other Envoy", compose_problems(c), "tests' Envoy")
+    del c["services"]["envoy"]["build"]
+    c["services"]["envoy"]["image"] = "envoyproxy/envoy:v1.40.0"
+    expect("Envoy not built from source", compose_problems(c), "built from source")
+    expect("a filter not built", compose_problems(im=with_dockerfile(" -p portcullis-cookie\n", "\n")),
+           "portcullis_cookie.wasm: no step of stage build makes it")
+    expect("a module not copied", compose_problems(im=with_dockerfile(
+        "     /src/target/wasm32-wasip1/release/portcullis_cookie.wasm \\\n", "")), "neither in the envoy image")
+    expect("no wasm target", compose_problems(im=with_dockerfile("RUN rustup target add wasm32-wasip1\n", "")),
+           "rustup target add wasm32-wasip1")
+    expect("not --locked", compose_problems(im=with_dockerfile(
+        "cargo build --locked --release --target wasm32-wasip1", "cargo build --release --target wasm32-wasip1")), "--locked")
+    expect("unknown stage", compose_problems(im=with_dockerfile("COPY --from=build /src/target/native/sample-app",
+                                                             "COPY --from=builder /src/target/native/sample-app")),
+           "names no earlier stage")
+    c = copy.deepcopy(compose)
+    c["services"]["envoy"]["build"]["target"] = "proxy"
+    expect("unknown target", compose_problems(c), "has no stage 'proxy'")
+    expect("root Envoy", compose_problems(im=with_dockerfile("USER 10001:10001\nEXPOSE 10000", "EXPOSE 10000")),
+           "stage envoy: the image must run as a non-root USER")
+    expect("config kept out of the context", compose_problems(
+        im=with_dockerfile("", "", ignore="\n".join(images.ignore + ["envoy-configs"]))), "excluded by .dockerignore")
     expect("edge trust", compose_problems(j=edge_json.replace("10.209.0.10", "10.209.0.99")), "trusted_proxies")
     expect("cookie URL", compose_problems(e=envoy_yaml.replace("http://app-sample:8081", "http://app-sample:9999")),
            "internal_url")
@@ -839,7 +1129,12 @@ def main():
     ap.add_argument("--compose-config", help="output of `docker-compose -f docker-compose.yml config`")
     ap.add_argument("--edge-bin", help="a portcullis-edge binary, to run `check` on every edge.json")
     ap.add_argument("--self-test", action="store_true", help="also check that breaks are reported")
+    ap.add_argument("--materialise", nargs=2, metavar=("TARGET", "DIR"),
+                    help="write the files of docker/portcullis.Dockerfile's stage TARGET under DIR and exit")
     args = ap.parse_args()
+    if args.materialise:
+        materialise(load_images(), "docker/portcullis.Dockerfile", args.materialise[0], args.materialise[1])
+        return
 
     compose_text = read(args.compose_config) if args.compose_config else read(os.path.join(ROOT, "docker-compose.yml"))
     compose = normalise(yaml.safe_load(compose_text))
@@ -854,12 +1149,13 @@ def main():
                     manifests[path] = read(path)
 
     p = Problems()
-    check_compose(p, compose, envoy_yaml, edge_json, args.edge_bin)
-    check_dockerfiles(p)
+    images = load_images()
+    check_compose(p, compose, envoy_yaml, edge_json, args.edge_bin, images)
+    check_images(p, compose, images)
     docs = check_manifests(p, manifests, args.edge_bin)
     for item in p.items:
         print(f"problem: {item}")
-    failures = self_test(compose, envoy_yaml, edge_json, manifests) if args.self_test else []
+    failures = self_test(compose, envoy_yaml, edge_json, manifests, images) if args.self_test else []
     for f in failures:
         print(f"self-test: {f}")
     print(f"checked docker-compose.yml ({len(compose.get('services', {}))} services), "

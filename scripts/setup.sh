@@ -24,9 +24,17 @@ if ! .tools/venv/bin/python -c 'import yaml' 2>/dev/null; then
   say "installing PyYAML into .tools/venv (scripts/check_deploy.py)"
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.3"
 fi
+# The second OpenID provider of the tests (tests/idp-django) and the SBOM validator (make dist).
+if ! cmp -s scripts/requirements.txt .tools/venv/.portcullis-requirements; then
+  say "installing scripts/requirements.txt into .tools/venv (the second OpenID provider, the SBOM validator)"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  cp scripts/requirements.txt .tools/venv/.portcullis-requirements
+fi
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# skopeo: loads the OCI layouts of `make dist` in a test (scripts/check_dist.py)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)

@@ -19,6 +19,11 @@ for dir in tests/idp tests/browser; do
     (cd "$dir" && npm test --silent)
   fi
 done
+echo "[test] release layout: scripts/dist.py --wasm-only, checked by scripts/check_dist.py with skopeo"
+dist_tmp=$(mktemp -d)
+.tools/venv/bin/python scripts/dist.py --wasm-only --dist "$dist_tmp"
+.tools/venv/bin/python scripts/check_dist.py "$dist_tmp"/portcullis-* --skopeo --self-test
+rm -rf "$dist_tmp"
 echo "[test] every Envoy config the benchmarks generate validates (scripts/bench.py --check-configs)"
 scripts/bench.py --check-configs
 echo "[test] container and mesh deployment, offline (scripts/check-deploy.sh)"

@@ -456,6 +456,10 @@ fn native_binaries_are_built_to_unwind_and_the_wasm_filters_to_abort() {
     assert!(build.contains("--profile native -p portcullis-connector"));
     let image = std::fs::read_to_string(root.join("docker/portcullis.Dockerfile")).unwrap();
     assert!(image.contains("--profile native"));
+    assert!(!image.contains("target/release/portcullis-"));
+    // The static binaries of `make dist` too.
+    let dist = std::fs::read_to_string(root.join("scripts/dist.sh")).unwrap();
+    assert!(dist.contains("--profile native --target x86_64-unknown-linux-musl"));
     // The test binaries themselves (debug) unwind: a panicking task is contained.
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

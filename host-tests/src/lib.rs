@@ -508,6 +508,30 @@ impl Plugin {
         Ok(())
     }
 
+    /// Sets the metadata of the route stream `id` matched, as Envoy's route
+    /// `metadata: {filter_metadata: {<namespace>: {<key>: <value>}}}` would:
+    /// the module reads it as `xds.route_metadata.filter_metadata.<namespace>.<key>`.
+    pub fn set_route_metadata(
+        &mut self,
+        id: u32,
+        namespace: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        self.stream_mut(id)?
+            .route_metadata
+            .get_or_insert_with(Default::default)
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// Sets the app the route of stream `id` names (`portcullis.app`).
+    pub fn set_route_app(&mut self, id: u32, app: &str) -> Result<()> {
+        self.set_route_metadata(id, "portcullis", "app", app)
+    }
+
     /// The local response sent on stream `id`, if any.
     pub fn local_response(&self, id: u32) -> Option<&LocalResponse> {
         self.stream(id).local_response.as_ref()

@@ -152,6 +152,10 @@ pub struct StreamState {
     pub closed: bool,
     /// Per-stream properties set by the test (e.g. `source.address`).
     pub properties: HashMap<String, Vec<u8>>,
+    /// The metadata of the route Envoy chose for the stream: namespace →
+    /// key → string value (`filter_metadata` of the route). `None`: the
+    /// stream matched no route.
+    pub route_metadata: Option<BTreeMap<String, BTreeMap<String, String>>>,
     /// Filter state shared with other plugins on the same stream (`set_property`).
     pub filter_state: FilterState,
     /// Which map/buffer the current callback works on (request or response side).
@@ -392,6 +396,9 @@ impl HostState {
             if derived.is_some() {
                 return derived;
             }
+            if let Some(rest) = key.strip_prefix("xds.route_metadata") {
+                return route_metadata_property(s.route_metadata.as_ref()?, rest);
+            }
             if let Some(v) = s.filter_state.get(&key) {
                 return Some(v);
             }
@@ -400,6 +407,10 @@ impl HostState {
     }
 
     pub(crate) fn set_property(&mut self, path: &[String], value: Vec<u8>) {
+        if path.first().is_some_and(|p| p == "xds") {
+            // Envoy's `xds.*` attributes are read-only.
+            return;
+        }
         let key = path.join(".");
         match self.current_stream_mut() {
             Some(s) => s.filter_state.set(&key, value),
@@ -462,6 +473,30 @@ impl HostState {
         }
         out.truncate(len);
         out
+    }
+}
+
+/// `xds.route_metadata…` as Envoy 1.40 answers it (checked against the real
+/// binary): the `Metadata` message is walked field by field; a string leaf is
+/// its raw bytes, a namespace (a `Struct`) the proxy-wasm pairs encoding of its
+/// keys and values, anything missing "not found". The whole message (which
+/// Envoy serializes as protobuf) is not modelled.
+fn route_metadata_property(
+    metadata: &BTreeMap<String, BTreeMap<String, String>>,
+    rest: &str,
+) -> Option<Vec<u8>> {
+    let parts: Vec<&str> = rest.split('.').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        ["filter_metadata", ns, key] => metadata.get(*ns)?.get(*key).map(|v| v.as_bytes().to_vec()),
+        ["filter_metadata", ns] => {
+            let pairs: Vec<(String, Vec<u8>)> = metadata
+                .get(*ns)?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect();
+            Some(crate::abi::serialize_pairs(&pairs))
+        }
+        _ => None,
     }
 }
 
@@ -541,5 +576,53 @@ mod tests {
             s.property(&p(&["portcullis_identity"])),
             Some(b"x".to_vec())
         );
+    }
+
+    #[test]
+    fn route_metadata_answers_like_envoy() {
+        let mut s = HostState::default();
+        let mut md: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        md.entry("portcullis".into())
+            .or_default()
+            .insert("app".into(), "admin".into());
+        s.streams.insert(
+            1,
+            StreamState {
+                route_metadata: Some(md),
+                ..StreamState::default()
+            },
+        );
+        s.streams.insert(2, StreamState::default());
+        s.effective_context = 1;
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let leaf = p(&[
+            "xds",
+            "route_metadata",
+            "filter_metadata",
+            "portcullis",
+            "app",
+        ]);
+        assert_eq!(s.property(&leaf), Some(b"admin".to_vec()));
+        // The namespace as Envoy encodes a map (pairs), as seen from Envoy 1.40:
+        // 1 pair, sizes 3 and 5, then `app\0admin\0`.
+        assert_eq!(
+            s.property(&leaf[..4]),
+            Some(b"\x01\0\0\0\x03\0\0\0\x05\0\0\0app\0admin\0".to_vec())
+        );
+        assert_eq!(
+            s.property(&p(&[
+                "xds",
+                "route_metadata",
+                "filter_metadata",
+                "other",
+                "app"
+            ])),
+            None
+        );
+        // Read-only, and absent for a stream without a route.
+        s.set_property(&leaf, b"sample".to_vec());
+        assert_eq!(s.property(&leaf), Some(b"admin".to_vec()));
+        s.effective_context = 2;
+        assert_eq!(s.property(&leaf), None);
     }
 }

@@ -316,7 +316,7 @@ fn non_ascii_and_odd_headers_pass_without_trapping() {
     let mut p = plugin();
     let s = request(
         &mut p,
-        "WIKI.localhost.",
+        "WIKI.localhost",
         &[("cookie", "x=\u{fc}; ;; __Host-portcullis=1; =; garbage")],
     );
     assert_eq!(
@@ -376,4 +376,62 @@ fn body_throughput_in_the_test_host() {
         page.len(),
         page.len() as f64 / 1e6 / secs
     );
+}
+
+/// Issue 12, point 2: the cookie filter judges the app the route names. Its
+/// cookies are hardened and its URLs translated under that app's policy, a
+/// Host spelling Envoy routed elsewhere gets no app's, and a route naming an
+/// app without an entry is refused (its cookies would go unhardened).
+#[test]
+fn the_route_chooses_the_cookie_policy() {
+    let mut p = plugin();
+    let send = |p: &mut Plugin, route: Option<&str>, host: &str| {
+        let s = p.new_stream().unwrap();
+        if let Some(app) = route {
+            p.set_route_app(s, app).unwrap();
+        }
+        let headers = [
+            (":method", "GET"),
+            (":path", "/page"),
+            (":authority", host),
+            (":scheme", "https"),
+            ("x-request-id", "req-7"),
+        ];
+        let a = p.request_headers(s, &headers, true).unwrap();
+        (s, a)
+    };
+    let respond = |p: &mut Plugin, s: u32| {
+        p.response_headers(
+            s,
+            &[
+                (":status", "302"),
+                ("location", "http://plain.internal/next"),
+                ("set-cookie", "sid=1; Path=/"),
+            ],
+            false,
+        )
+        .unwrap();
+    };
+    // Routed to `plain` while the Host names `wiki`: plain's mapping applies.
+    let (s, a) = send(&mut p, Some("plain"), "wiki.localhost:10443");
+    assert_eq!(a, Action::Continue);
+    respond(&mut p, s);
+    assert_eq!(
+        response_values(&p, s, "location"),
+        ["https://plain.localhost/next"]
+    );
+    // A trailing dot Envoy left names no app (the old filter stripped it).
+    let (s, a) = send(&mut p, None, "plain.localhost.");
+    assert_eq!(a, Action::Continue);
+    respond(&mut p, s);
+    assert_eq!(
+        response_values(&p, s, "location"),
+        ["http://plain.internal/next"]
+    );
+    // A route naming an app without an entry is refused.
+    let (s, a) = send(&mut p, Some("plian"), "plain.localhost");
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("route_app_unknown"));
 }

@@ -8,10 +8,27 @@
 //! downstream address (`source.address`), the request headers and the clock.
 //! Every decision is logged as one JSON line at info level and counted in
 //! `portcullis_ca.app.<app>.result.<allow|deny|step_up>`.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
+use portcullis_core::app::{self, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::denial::Denial;
 use portcullis_core::oidc::handoff;
 use portcullis_core::policy::address::{client_address, AddressError};
+use portcullis_core::policy::config::AppRefusal;
 use portcullis_core::policy::eval::{cookie_value, is_browser};
 use portcullis_core::policy::log::decision_log;
 use portcullis_core::policy::{evaluate, Decision, PolicyConfig, Request, StepUpMarker};
@@ -238,7 +255,47 @@ impl HttpContext for Stream {
             },
             _ => None,
         };
-        let app = config.app_id(handoff.as_ref().map(|h| h.app.as_str()), host);
+        // The app Envoy routes to; a handed-over identity must belong to it.
+        let route_app = hostcalls::get_property(ROUTE_APP_PROPERTY.to_vec())
+            .ok()
+            .flatten();
+        let route = RouteApp::from_property(route_app.as_deref());
+        let handed_over = handoff.as_ref().map(|h| h.app.as_str());
+        let app = match config.select_app(route, handed_over, host) {
+            Ok(app) => app,
+            Err(refusal) => {
+                let (denial, why) = match refusal {
+                    AppRefusal::RouteInvalid => (
+                        app::route_app_unknown(),
+                        "the route's portcullis.app metadata is not an app id".to_string(),
+                    ),
+                    AppRefusal::Mismatch => (
+                        app::app_mismatch(),
+                        format!(
+                            "the identity was handed over for app `{}`, the request goes to {}",
+                            handed_over.unwrap_or(""),
+                            match route.id() {
+                                Some(id) => format!("app `{id}` (route)"),
+                                None => format!("another app (Host `{}`)", host.escape_debug()),
+                            }
+                        ),
+                    ),
+                };
+                log::warn!(
+                    "portcullis-conditional-access: [{request_id}] refused with {}: {why}",
+                    denial.code()
+                );
+                vm.count("", "deny");
+                send_denial(&denial, &request_id, accept);
+                return Action::Pause;
+            }
+        };
+        if config.app(app).is_none() {
+            log::warn!(
+                "portcullis-conditional-access: [{request_id}] app `{}` has no entry in `apps`: not_assigned",
+                app.escape_debug()
+            );
+        }
 
         let downstream = property_text(vec!["source", "address"]);
         let xff = joined(&headers, "x-forwarded-for");

@@ -68,7 +68,7 @@ fn example_policies_parse_and_behave_as_documented() {
         evaluate(&c, &req(&mfa, "hr", "/admin", "2001:db8:ffff::1")).decision,
         Decision::Allow
     );
-    // Not in `staff`: not assigned to hr; the wiki has no assignment.
+    // Not in `staff`: not assigned to hr; the wiki is open to every signed-in user.
     let mut guest = staff(&["pwd", "mfa"]);
     guest.groups.clear();
     assert_eq!(
@@ -86,4 +86,13 @@ fn example_policies_parse_and_behave_as_documented() {
     r.country = Some("kp");
     let e = evaluate(&c, &r);
     assert_eq!(e.decision.denial().unwrap().code(), "location_blocked");
+    // An app the file does not define is refused, even for staff with MFA.
+    assert_eq!(
+        evaluate(&c, &req(&mfa, "payroll", "/", "10.1.2.3"))
+            .decision
+            .denial()
+            .unwrap()
+            .code(),
+        "not_assigned"
+    );
 }

@@ -6,7 +6,23 @@
 //! The decisions live in [`portcullis_core::cookies`]; this crate only
 //! translates callbacks. Header values are handled as bytes, so a header that
 //! is not UTF-8 never makes the filter panic.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
+use portcullis_core::app::{self, Chosen, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::cookies::{
     AppPolicy, BodyPlan, BodyRewriter, CookieFilterConfig, CookieHeaderAction, SetCookieOutcome,
 };
@@ -169,10 +185,33 @@ impl HttpContext for Stream {
             .or_else(|| text("host"))
             .unwrap_or_default();
         let path = text(":path").unwrap_or_default();
-        self.app = self
-            .config
-            .select_app(&authority, &path)
-            .and_then(|a| self.config.apps.iter().position(|b| std::ptr::eq(a, b)));
+        let route_app = self.get_property(ROUTE_APP_PROPERTY.to_vec());
+        let route = RouteApp::from_property(route_app.as_deref());
+        self.app = match self.config.select(route, &authority, &path) {
+            Chosen::Route { app, .. } | Chosen::Host(app) => Some(app),
+            Chosen::None => None,
+            Chosen::UnknownRoute => {
+                // Its cookies would go unhardened and its URLs untranslated.
+                log::warn!(
+                    "portcullis-cookie: context {} request {}: refused with route_app_unknown: the route names {}, which no entry of `apps` names",
+                    self.context_id,
+                    self.request_id,
+                    match route.id() {
+                        Some(id) => format!("app `{id}`"),
+                        None => "a value that is not an app id".to_string(),
+                    }
+                );
+                let d =
+                    app::route_app_unknown().render(&self.request_id, text("accept").as_deref());
+                let headers: Vec<(&str, &str)> = d
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                self.send_http_response(u32::from(d.status), headers, Some(d.body.as_bytes()));
+                return Action::Pause;
+            }
+        };
 
         let cookies = Self::values_of(&headers, "cookie");
         if !cookies.is_empty() {

@@ -231,6 +231,8 @@ fn bearer_tokens_refuse_every_attack() {
             host: "hr.localhost",
             headers: &headers,
             request_id: "rid",
+            route_app: portcullis_core::app::RouteApp::Absent,
+            client_address: None,
         };
         let provider = Provider {
             metadata: Some(&metadata),

@@ -9,7 +9,23 @@
 //! fetching at once. Keys are refreshed periodically and, rate-limited, when
 //! a token names an unknown `kid`; the last good keys survive a failed fetch.
 //! Requests that arrive before the provider is known wait and are resumed.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
+use portcullis_core::app::{Chosen, RouteApp, ROUTE_APP_PROPERTY};
 use portcullis_core::denial::Denial;
 use portcullis_core::oidc::config::{Endpoints, PreauthConfig, ProviderMetadata};
 use portcullis_core::oidc::jwks::{parse_discovery, KeySet};
@@ -68,15 +84,15 @@ enum DocKind {
 
 /// A provider document as published in shared data: fetch time (8 bytes, BE) then the body.
 fn pack(fetched_at: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + body.len());
+    let mut v = Vec::with_capacity(body.len().saturating_add(8));
     v.extend_from_slice(&fetched_at.to_be_bytes());
     v.extend_from_slice(body);
     v
 }
 
 fn unpack(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(head), &bytes[8..]))
+    let (head, body) = bytes.split_at_checked(8)?;
+    Some((u64::from_be_bytes(head.try_into().ok()?), body))
 }
 
 /// What one VM knows about an app's provider.
@@ -93,6 +109,16 @@ struct AppProvider {
     /// A token named an unknown kid: refetch as soon as the rate limit allows.
     force_keys: bool,
     retry_after: [u64; 2],
+}
+
+impl AppProvider {
+    /// When a failed fetch of `kind` may be retried.
+    fn retry_after(&mut self, kind: DocKind) -> &mut u64 {
+        match kind {
+            DocKind::Metadata => &mut self.retry_after[0],
+            DocKind::Jwks => &mut self.retry_after[1],
+        }
+    }
 }
 
 /// Why a stream waits.
@@ -195,8 +221,9 @@ impl Vm {
             return;
         };
         if let Some(key) = self.doc_key(app, DocKind::Metadata) {
-            if let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&key) {
-                let p = &mut self.apps[app];
+            if let (Ok((Some(bytes), cas)), Some(p)) =
+                (hostcalls::get_shared_data(&key), self.apps.get_mut(app))
+            {
                 if cas != p.metadata_cas {
                     p.metadata_cas = cas;
                     match unpack(&bytes)
@@ -215,15 +242,16 @@ impl Vm {
             }
         }
         if let Some(key) = self.doc_key(app, DocKind::Jwks) {
-            if let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&key) {
-                let p = &mut self.apps[app];
+            if let (Ok((Some(bytes), cas)), Some(p)) =
+                (hostcalls::get_shared_data(&key), self.apps.get_mut(app))
+            {
                 if cas != p.keys_cas {
                     p.keys_cas = cas;
                     match unpack(&bytes).map(|(at, body)| (at, KeySet::parse(body))) {
                         Some((at, Ok(k))) => {
                             p.keys = Some(k);
                             p.keys_at = at;
-                            p.keys_generation += 1;
+                            p.keys_generation = p.keys_generation.saturating_add(1);
                         }
                         // Keep the last good keys.
                         Some((_, Err(e))) => {
@@ -244,20 +272,25 @@ impl Vm {
         ) else {
             return false;
         };
-        let idx = kind as usize;
-        if now < p.retry_after[idx] || self.fetches.values().any(|f| *f == (app, kind)) {
+        let retry_after = match kind {
+            DocKind::Metadata => p.retry_after[0],
+            DocKind::Jwks => p.retry_after[1],
+        };
+        if now < retry_after || self.fetches.values().any(|f| *f == (app, kind)) {
             return false;
         }
         match kind {
             DocKind::Metadata => {
                 matches!(settings.endpoints, Endpoints::Discover(_))
-                    && (p.metadata.is_none() || p.metadata_at + settings.jwks_refresh_secs <= now)
+                    && (p.metadata.is_none()
+                        || p.metadata_at.saturating_add(settings.jwks_refresh_secs) <= now)
             }
             DocKind::Jwks => {
                 p.metadata.is_some()
                     && (p.keys.is_none()
-                        || p.keys_at + settings.jwks_refresh_secs <= now
-                        || (p.force_keys && p.keys_at + MIN_FORCED_REFETCH_SECS <= now))
+                        || p.keys_at.saturating_add(settings.jwks_refresh_secs) <= now
+                        || (p.force_keys
+                            && p.keys_at.saturating_add(MIN_FORCED_REFETCH_SECS) <= now))
             }
         }
     }
@@ -273,7 +306,12 @@ impl Vm {
                 }
             }
         }
-        hostcalls::set_shared_data(&lease_key, Some(&(now + LEASE_SECS).to_be_bytes()), cas).is_ok()
+        hostcalls::set_shared_data(
+            &lease_key,
+            Some(&now.saturating_add(LEASE_SECS).to_be_bytes()),
+            cas,
+        )
+        .is_ok()
     }
 
     fn release_lease(key: &str) {
@@ -294,10 +332,15 @@ impl Vm {
                 if !Self::take_lease(&key, now) {
                     continue;
                 }
-                let Some(settings) = self.config.apps[app].oidc.as_ref() else {
+                let (Some(app_config), Some(p)) =
+                    (self.config.apps.get(app), self.apps.get_mut(app))
+                else {
                     continue;
                 };
-                let url = match (kind, &settings.endpoints, &self.apps[app].metadata) {
+                let Some(settings) = app_config.oidc.as_ref() else {
+                    continue;
+                };
+                let url = match (kind, &settings.endpoints, &p.metadata) {
                     (DocKind::Metadata, Endpoints::Discover(u), _) => u.clone(),
                     (DocKind::Jwks, _, Some(m)) => m.jwks_uri.clone(),
                     _ => continue,
@@ -307,7 +350,7 @@ impl Vm {
                     Ok(token) => {
                         log::info!(
                             "portcullis-preauth: fetching {url} for app {}",
-                            self.config.apps[app].id
+                            app_config.id
                         );
                         self.fetches.insert(token, (app, kind));
                     }
@@ -316,7 +359,7 @@ impl Vm {
                             "portcullis-preauth: cannot fetch {url} through cluster `{}`: {e}",
                             settings.cluster
                         );
-                        self.apps[app].retry_after[kind as usize] = now + RETRY_SECS;
+                        *p.retry_after(kind) = now.saturating_add(RETRY_SECS);
                         Self::release_lease(&key);
                     }
                 }
@@ -340,7 +383,9 @@ impl Vm {
         let Some(settings) = self.config.apps.get(app).and_then(|a| a.oidc.clone()) else {
             return;
         };
-        let app_id = self.config.apps[app].id.clone();
+        let Some(app_id) = self.config.apps.get(app).map(|a| a.id.clone()) else {
+            return;
+        };
         let result = match status {
             Some(200) => match kind {
                 DocKind::Metadata => parse_discovery(body, &settings.issuer).map(|_| ()),
@@ -350,10 +395,12 @@ impl Vm {
             Some(s) => Err(format!("status {s}")),
             None => Err("no answer (timeout or connection failure)".to_string()),
         };
-        let p = &mut self.apps[app];
+        let Some(p) = self.apps.get_mut(app) else {
+            return;
+        };
         if kind == DocKind::Jwks {
             p.force_keys = false;
-            p.keys_generation += 1;
+            p.keys_generation = p.keys_generation.saturating_add(1);
         }
         match result {
             Ok(()) => {
@@ -364,7 +411,7 @@ impl Vm {
             Err(e) => {
                 // The last good document stays in place.
                 log::warn!("portcullis-preauth: {kind:?} fetch for app {app_id} failed: {e}");
-                p.retry_after[kind as usize] = now + RETRY_SECS;
+                *p.retry_after(kind) = now.saturating_add(RETRY_SECS);
             }
         }
     }
@@ -373,19 +420,18 @@ impl Vm {
     fn ready_waiters(&mut self, now_ms: u64) -> Vec<(Waiter, bool)> {
         let mut ready = Vec::new();
         let mut i = 0;
-        while i < self.waiters.len() {
-            let w = &self.waiters[i];
-            let p = &self.apps[w.app];
-            let satisfied = match &w.what {
+        while let Some(w) = self.waiters.get(i) {
+            // A waiter of an app this VM does not know is never satisfied: it expires.
+            let satisfied = self.apps.get(w.app).is_some_and(|p| match &w.what {
                 WaitFor::Provider(Needs::Metadata) => p.metadata.is_some(),
                 WaitFor::Provider(Needs::Keys) => p.keys.is_some(),
                 WaitFor::Keys { generation, .. } => p.keys_generation > *generation,
-            };
-            let expired = now_ms >= w.since_ms + WAIT_LIMIT_MS;
+            });
+            let expired = now_ms >= w.since_ms.saturating_add(WAIT_LIMIT_MS);
             if satisfied || expired {
                 ready.push((self.waiters.remove(i), expired && !satisfied));
             } else {
-                i += 1;
+                i = i.saturating_add(1);
             }
         }
         ready
@@ -460,7 +506,7 @@ fn on_call_answer(vm: &Rc<RefCell<Vm>>, token: u32, num_headers: usize, body_siz
             return;
         }
         if status.is_none() {
-            let denial = if now >= x.started_ms + x.timeout_ms.saturating_sub(50) {
+            let denial = if now >= x.started_ms.saturating_add(x.timeout_ms.saturating_sub(50)) {
                 Denial::TokenExchangeTimeout
             } else {
                 Denial::TokenExchangeFailed
@@ -556,7 +602,7 @@ impl RootContext for Root {
         let now = now_ms() / 1000;
         {
             let mut v = vm.borrow_mut();
-            v.ticks += 1;
+            v.ticks = v.ticks.wrapping_add(1);
             let missing = v
                 .apps
                 .iter()
@@ -600,6 +646,55 @@ fn request_headers() -> Vec<(String, String)> {
         .into_iter()
         .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
         .collect()
+}
+
+/// A property of the stream (`None`: not found).
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// The id of app `index`, for the logs.
+fn app_id(config: &PreauthConfig, index: usize) -> &str {
+    config.apps.get(index).map_or("?", |a| a.id.as_str())
+}
+
+/// The route wins over the Host. When the Host alone would have chosen
+/// another app, say so (warn: Envoy's domains and the apps' `hosts` disagree);
+/// a Host no app lists under a route that names its app is only a debug line.
+fn log_route_and_host(
+    config: &PreauthConfig,
+    route: RouteApp<'_>,
+    chosen: &Chosen<usize>,
+    host: &str,
+    rid: &str,
+) {
+    match chosen {
+        Chosen::Route {
+            app,
+            host_choice: Some(other),
+        } if other != app => log::warn!(
+            "portcullis-preauth: [{rid}] the route names app `{}` but Host `{}` belongs to app `{}`: the route wins",
+            app_id(config, *app),
+            host.escape_debug(),
+            app_id(config, *other)
+        ),
+        Chosen::Route {
+            app,
+            host_choice: None,
+        } => log::debug!(
+            "portcullis-preauth: [{rid}] the route names app `{}`; Host `{}` names no app",
+            app_id(config, *app),
+            host.escape_debug()
+        ),
+        Chosen::UnknownRoute => log::warn!(
+            "portcullis-preauth: [{rid}] refused with route_app_unknown: the route names {}, which no entry of `apps` defines",
+            match route.id() {
+                Some(id) => format!("app `{id}`"),
+                None => "a value that is not an app id".to_string(),
+            }
+        ),
+        _ => {}
+    }
 }
 
 fn header(headers: &[(String, String)], name: &str) -> String {
@@ -651,18 +746,27 @@ fn decide(vm_rc: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool, timed_out: bo
         id if id.is_empty() => format!("ctx-{context_id}"),
         id => id,
     };
+    // The app Envoy routes to (route metadata), and the address Envoy saw.
+    let route_app = property(&ROUTE_APP_PROPERTY);
+    let client_address = property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
     let req = RequestView {
         method: &method,
         path: &path,
         host: &host,
         headers: &headers,
         request_id: &request_id,
+        route_app: RouteApp::from_property(route_app.as_deref()),
+        client_address: client_address.as_deref(),
     };
     let mut random_ok = true;
     let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
     let (decision, app) = {
         let vm = vm_rc.borrow();
-        let app = vm.config.app_for_host(&host);
+        let chosen = vm.config.select_app(req.route_app, &host);
+        if !resumed {
+            log_route_and_host(&vm.config, req.route_app, &chosen, &host, &request_id);
+        }
+        let app = chosen.app();
         let provider = app.map(|a| vm.provider(a)).unwrap_or_default();
         let d = oidc::on_request(
             &vm.config,
@@ -828,7 +932,8 @@ fn finish(
             let Some(p) = vm.apps.get_mut(pending.app) else {
                 return;
             };
-            let can_refetch = p.keys.is_none() || p.keys_at + MIN_FORCED_REFETCH_SECS <= now;
+            let can_refetch =
+                p.keys.is_none() || p.keys_at.saturating_add(MIN_FORCED_REFETCH_SECS) <= now;
             if retried || !can_refetch {
                 let denial = if p.keys.is_none() {
                     Denial::KeysUnavailable

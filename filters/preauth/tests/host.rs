@@ -12,7 +12,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use jwt_simple::prelude::*;
-use portcullis_host_tests::{Action, Filter, HttpCall, Plugin, SharedData};
+use portcullis_host_tests::{header_values, Action, Filter, HttpCall, Plugin, SharedData};
 use std::sync::OnceLock;
 use std::time::Duration as StdDuration;
 
@@ -23,7 +23,7 @@ const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 /// Fuel budget of a session's first request on a worker (see `request_cost_stays_within_its_budget`).
 const BUDGET_FIRST_REQUEST: u64 = 7_600_000;
 /// Fuel budget of a session's later requests.
-const BUDGET_SESSION_HIT: u64 = 138_000;
+const BUDGET_SESSION_HIT: u64 = 150_000;
 
 fn signing_key() -> &'static ES256KeyPair {
     static K: OnceLock<ES256KeyPair> = OnceLock::new();
@@ -530,14 +530,17 @@ fn a_removed_sealing_key_stops_even_a_cached_session() {
 /// existed: 34,554 / 242,454 / 107,844 fuel; with it: 34,368 / 6,068,766 (one
 /// Ed25519 signature, once per session and worker) / 109,764 (+1.8%); with
 /// the path-equivalence rule (issue 12) and cookie format 2: 34,732 /
-/// 6,134,709 / 111,502.
+/// 6,134,709 / 111,502. After the rest of issue 12 (the route's app and
+/// Envoy's downstream address read, X-Forwarded-Host and X-Real-IP set: four
+/// host calls): 43,295 / 6,142,474 / 120,070 (+8.6% on the 110,533 before
+/// the assertion and issue 12).
 /// The budgets allow about 25% above the figures with the assertion. The cost
 /// of the cookie format 2 on a first request is in
 /// `a_session_cache_miss_costs_one_hkdf_more`. Print them with
 /// `cargo test --release -p portcullis-preauth --test host request_cost -- --nocapture`.
 #[test]
 fn request_cost_stays_within_its_budget() {
-    const BUDGET_PUBLIC: u64 = 43_000;
+    const BUDGET_PUBLIC: u64 = 54_000;
     const BUDGET_FIRST: u64 = BUDGET_FIRST_REQUEST;
     const BUDGET_HIT: u64 = BUDGET_SESSION_HIT;
     let mut p = ready();
@@ -564,6 +567,150 @@ fn request_cost_stays_within_its_budget() {
     assert!(public <= BUDGET_PUBLIC, "{public} > {BUDGET_PUBLIC}");
     assert!(first <= BUDGET_FIRST, "{first} > {BUDGET_FIRST}");
     assert!(hit <= BUDGET_HIT, "{hit} > {BUDGET_HIT}");
+}
+
+/// A request whose route names `route_app` (route metadata `portcullis.app`),
+/// from downstream address `source`.
+fn routed(
+    p: &mut Plugin,
+    route_app: Option<&str>,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u32, Action) {
+    let s = p.new_stream().unwrap();
+    if let Some(app) = route_app {
+        p.set_route_app(s, app).unwrap();
+    }
+    p.set_stream_property(s, "source.address", "198.51.100.20:40000")
+        .unwrap();
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", host),
+        (":scheme", "https"),
+        ("x-request-id", "rid-7"),
+    ];
+    h.extend_from_slice(extra);
+    let a = p.request_headers(s, &h, true).unwrap();
+    (s, a)
+}
+
+/// Issue 12, point 2, on the real module: the app comes from the route, and a
+/// Host spelling Envoy routed elsewhere never carries `hr`'s session along.
+#[test]
+fn the_route_chooses_the_app_not_a_host_spelling() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    let json = ("accept", "application/json");
+    // Without route metadata the Host decides, exactly: a trailing dot Envoy
+    // left is no app (the old module stripped every dot and accepted the session).
+    for host in [
+        "hr.localhost.",
+        "hr.localhost.:10000",
+        "HR.localhost..:10000",
+    ] {
+        let (s, a) = routed(&mut p, None, host, "/x", &[json, ("cookie", &session)]);
+        assert_eq!(a, Action::Pause, "{host}");
+        let r = p.local_response(s).unwrap();
+        assert_eq!(r.status, 404, "{host}");
+        assert!(r.body_text().contains("unknown_host"), "{host}");
+        assert!(p
+            .stream(s)
+            .filter_state
+            .get("portcullis_identity")
+            .is_none());
+    }
+    // Routed to the passthrough app, hr's session is nobody's identity.
+    let (s, a) = routed(
+        &mut p,
+        Some("open"),
+        "hr.localhost",
+        "/x",
+        &[json, ("cookie", &session), ("x-forwarded-user", "mallory")],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(p.request_header(s, "x-forwarded-user"), None);
+    assert!(p
+        .stream(s)
+        .filter_state
+        .get("portcullis_identity")
+        .is_none());
+    // Routed to hr, the session opens whatever the Host says, and is handed on as hr's.
+    let (s, a) = routed(
+        &mut p,
+        Some("hr"),
+        "hr.localhost.",
+        "/x",
+        &[json, ("cookie", &session)],
+    );
+    assert_eq!(a, Action::Continue);
+    let v: serde_json::Value =
+        serde_json::from_slice(&p.stream(s).filter_state.get("portcullis_identity").unwrap())
+            .unwrap();
+    assert_eq!(v["app"], "hr");
+    // A route naming an app this filter does not know is refused, not passed.
+    let (s, a) = routed(
+        &mut p,
+        Some("h-r"),
+        "hr.localhost",
+        "/x",
+        &[json, ("cookie", &session)],
+    );
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.body_text().contains("route_app_unknown"));
+    assert!(p
+        .log_messages()
+        .iter()
+        .any(|m| m.contains("route_app_unknown") && m.contains("`h-r`")));
+}
+
+/// Issue 12, point 5, on the real module: client copies of the headers
+/// backends trust about the client are dropped; X-Forwarded-Host and
+/// X-Real-IP are what Envoy saw.
+#[test]
+fn forwarded_headers_are_what_envoy_saw() {
+    let mut p = ready();
+    let session = sign_in(&mut p, "/");
+    let spoof = [
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("forwarded", "for=1.2.3.4;host=evil.example;proto=https"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X_Original_URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+    ];
+    for (route, path, cookie) in [
+        (Some("hr"), "/x", session.as_str()),
+        (Some("hr"), "/public/x", ""),
+        (Some("open"), "/x", ""),
+        (None, "/x", session.as_str()),
+    ] {
+        let mut extra = spoof.to_vec();
+        extra.push(("cookie", cookie));
+        let (s, a) = routed(&mut p, route, "hr.localhost:10443", path, &extra);
+        assert_eq!(a, Action::Continue, "{route:?} {path}");
+        for (name, _) in &spoof[2..] {
+            assert_eq!(p.request_header(s, name), None, "{name}");
+        }
+        assert_eq!(
+            p.request_header(s, "x-forwarded-host").as_deref(),
+            Some("hr.localhost:10443")
+        );
+        assert_eq!(
+            p.request_header(s, "x-real-ip").as_deref(),
+            Some("198.51.100.20")
+        );
+        assert_eq!(
+            header_values(&p.stream(s).request_headers, "x-forwarded-host").len(),
+            1
+        );
+    }
 }
 
 /// The same session as a cookie of format 1 (AES-256-GCM directly under the

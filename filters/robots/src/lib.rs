@@ -2,6 +2,21 @@
 //! `User-agent: *` / `Disallow: /` without reaching the upstream, and adds
 //! `X-Robots-Tag` to every response. The decisions live in
 //! [`portcullis_core::robots`]; this crate only translates callbacks.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_core::robots::{self, RobotsConfig, RobotsDecision};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};

@@ -161,6 +161,7 @@ pub struct Stack {
     idp: Idp,
     ports: Ports,
     dir: PathBuf,
+    sealing_key: String,
     _temp: Option<TempDir>,
 }
 
@@ -366,6 +367,7 @@ impl Stack {
         })?;
 
         // 5. Envoy with the whole chain and a fresh sealing key.
+        let sealing_key = random_key()?;
         let config = EnvoyConfig::from_repo("demo.yaml")?
             .port(10000, ports.http)?
             .port(10443, ports.https)?
@@ -376,10 +378,7 @@ impl Stack {
                 &dir.join("edge/envoy.sock").to_string_lossy(),
             )?
             .replace("http://127.0.0.1:9000", idp.issuer())?
-            .replace(
-                "cG9ydGN1bGxpcy1kZW1vLWtleS0wMDAwMDAwMDAwMDA=",
-                &random_key()?,
-            )?
+            .replace("cG9ydGN1bGxpcy1kZW1vLWtleS0wMDAwMDAwMDAwMDA=", &sealing_key)?
             .replace(
                 "http://127.0.0.1:8081",
                 &format!("http://127.0.0.1:{}", ports.app_sample),
@@ -406,6 +405,7 @@ impl Stack {
             idp,
             ports,
             dir,
+            sealing_key,
             _temp: temp,
         };
         // Ready when /robots.txt is served (Envoy) and an unauthenticated page
@@ -431,6 +431,12 @@ impl Stack {
     /// The provider's issuer URL.
     pub fn issuer(&self) -> &str {
         self.idp.issuer()
+    }
+
+    /// The sealing key of this stack's sessions (base64), for tests that mint
+    /// session cookies as the preauth filter would.
+    pub fn sealing_key(&self) -> &str {
+        &self.sealing_key
     }
 
     /// The sample apps ("sample", "admin").

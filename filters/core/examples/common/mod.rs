@@ -23,7 +23,8 @@ pub fn twenty_policies() -> PolicyConfig {
         ));
     }
     let json = format!(
-        r#"{{"named_locations": {{"office": {{"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}}}, "policies": [{}]}}"#,
+        r#"{{"named_locations": {{"office": {{"cidrs": ["10.0.0.0/8", "2001:db8::/32"]}}}},
+            "apps": {{"hr": {{"users": ["*"]}}}}, "policies": [{}]}}"#,
         policies.join(",")
     );
     PolicyConfig::from_json(json.as_bytes()).expect("the example policies parse")

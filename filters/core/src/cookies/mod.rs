@@ -4,7 +4,8 @@
 //!
 //! - [`CookieFilterConfig::from_json`] parses and validates the plugin
 //!   configuration (see the README for the language).
-//! - [`CookieFilterConfig::select_app`] picks the app by `Host` and path.
+//! - [`CookieFilterConfig::select`] picks the app: by the route's app id
+//!   (the entry's `name`), else by `Host` and path ([`crate::app`]).
 //! - Request: [`CookieFilterConfig::strip_request_cookies`].
 //! - Response: [`CookieFilterConfig::apply_set_cookie`],
 //!   [`AppPolicy::translate_header`], [`BodyPolicy::plan`] and
@@ -22,6 +23,7 @@ pub use request::{strip_proxy_cookies, strip_proxy_cookies_bytes, CookieHeaderAc
 pub use set_cookie::{apply_set_cookie, DomainPolicy, SameSite, SetCookieOutcome, SetCookiePolicy};
 pub use url::{Endpoint, Scheme, UrlMapping};
 
+use crate::app::{host_name, Chosen, RouteApp};
 use crate::config::{parse_json, ConfigError};
 use serde::Deserialize;
 
@@ -224,6 +226,13 @@ impl CookieFilterConfig {
                     format!("is already published by apps[{other}]"),
                 ));
             }
+            // The route names an app by this name: one entry per app.
+            if let Some(other) = apps.iter().position(|a| a.name == policy.name) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].name"),
+                    format!("`{}` is already the name of apps[{other}]", policy.name),
+                ));
+            }
             apps.push(policy);
         }
         Ok(Self {
@@ -303,16 +312,31 @@ impl CookieFilterConfig {
         })
     }
 
+    /// The request's app ([`crate::app`]): the entry whose `name` is the
+    /// app the route names; without route metadata, [`Self::select_app`].
+    /// A route naming an app no entry has is [`Chosen::UnknownRoute`]: the
+    /// app's cookies would go unhardened and its URLs untranslated.
+    pub fn select(&self, route: RouteApp<'_>, authority: &str, path: &str) -> Chosen<usize> {
+        crate::app::choose(
+            route,
+            |id| self.apps.iter().position(|a| a.name == id),
+            || {
+                self.select_app(authority, path)
+                    .and_then(|a| self.apps.iter().position(|b| std::ptr::eq(a, b)))
+            },
+        )
+    }
+
     /// Picks the app for a request by its `Host`/`:authority` (host compared
-    /// case-insensitively, port ignored) and, among apps on the same host, the
-    /// longest external path prefix that contains `path`.
+    /// case-insensitively, port ignored, nothing else removed: a trailing dot
+    /// matches no app) and, among apps on the same host, the longest external
+    /// path prefix that contains `path`.
     pub fn select_app(&self, authority: &str, path: &str) -> Option<&AppPolicy> {
-        let host = url::split_host_port(authority.trim()).map(|(h, _)| h)?;
-        let host = host.strip_suffix('.').unwrap_or(host);
+        let host = host_name(authority);
         let path = crate::path::strip_query(path);
         self.apps
             .iter()
-            .filter(|a| a.mapping.external.host.eq_ignore_ascii_case(host))
+            .filter(|a| a.mapping.external.host == host)
             .filter(|a| {
                 let base = a.mapping.external.base.as_str();
                 match path.strip_prefix(base) {

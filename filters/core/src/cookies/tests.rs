@@ -154,10 +154,44 @@ fn apps_are_selected_by_host_and_longest_path_prefix() {
     assert_eq!(pick("portal.localhost", "/hr?x"), Some("hr"));
     assert_eq!(pick("portal.localhost", "/hrm"), Some("root"));
     assert_eq!(pick("wiki.localhost", "/anything"), Some("wiki"));
-    assert_eq!(pick("wiki.localhost.", "/"), Some("wiki"));
+    // A trailing dot is Envoy's to strip (strip_trailing_host_dot): here it
+    // matches no app, as it matches no virtual host.
+    assert_eq!(pick("wiki.localhost.", "/"), None);
+    assert_eq!(pick("wiki.localhost.:10443", "/"), None);
     assert_eq!(pick("other.localhost", "/"), None);
     assert_eq!(pick("", "/"), None);
     assert_eq!(pick("[::1]:10000", "/"), None);
+
+    // The route's app wins; an app the route names but no entry has is refused.
+    use crate::app::{Chosen, RouteApp};
+    assert_eq!(
+        c.select(RouteApp::Named("wiki"), "portal.localhost", "/hr"),
+        Chosen::Route {
+            app: 2,
+            host_choice: Some(1)
+        }
+    );
+    assert_eq!(
+        c.select(RouteApp::Named("wikki"), "wiki.localhost", "/"),
+        Chosen::UnknownRoute
+    );
+    assert_eq!(
+        c.select(RouteApp::Absent, "portal.localhost", "/hr"),
+        Chosen::Host(1)
+    );
+    assert_eq!(
+        c.select(RouteApp::Absent, "wiki.localhost.", "/"),
+        Chosen::None
+    );
+    // One entry per name.
+    let e = CookieFilterConfig::from_json(
+        br#"{"apps": [
+            {"name": "hr", "internal_url": "http://a", "external_url": "https://a.localhost"},
+            {"name": "hr", "internal_url": "http://b", "external_url": "https://b.localhost"}
+        ]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "apps[1].name");
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //! ```
 
 use super::url::HttpUrl;
+pub use crate::app::strip_port;
+use crate::app::{host_name, Chosen, RouteApp};
 use crate::assertion::{self, AssertionSigner, SigningKey};
 use crate::config::{check_header_name, parse_json, ConfigError};
 use crate::path::{PathPrefix, PathRules};
@@ -381,15 +383,10 @@ fn url(field: &str, value: &str) -> Result<HttpUrl, ConfigError> {
 
 impl RawApp {
     fn validate(self) -> Result<AppConfig, ConfigError> {
-        if self.id.is_empty()
-            || !self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !crate::app::is_app_id(&self.id) {
             return Err(ConfigError::new(
                 "id",
-                "must be non-empty and use only letters, digits, `-`, `_`, `.`",
+                "must be 1 to 128 letters, digits, `-`, `_` or `.`",
             ));
         }
         if self.hosts.is_empty() {
@@ -398,14 +395,19 @@ impl RawApp {
         let mut hosts = Vec::new();
         for (i, h) in self.hosts.iter().enumerate() {
             let h = h.to_ascii_lowercase();
-            if h.is_empty()
-                || !h
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*'))
+            let name = h.strip_prefix("*.").unwrap_or(&h);
+            if name.is_empty()
+                || name.split('.').any(|label| {
+                    label.is_empty()
+                        || !label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
             {
                 return Err(ConfigError::new(
                     format!("hosts[{i}]"),
-                    "must be a host name without port or scheme",
+                    "must be a host name without port, scheme or trailing dot \
+                     (`*.` may stand for one leading label)",
                 ));
             }
             hosts.push(h);
@@ -639,6 +641,18 @@ impl RawApp {
                 for (header, claim) in map {
                     let field = format!("claim_headers.{header}");
                     let h = check_header_name(&field, &header)?;
+                    let canon = h.replace('_', "-");
+                    if crate::forwarded::is_untrusted(&canon)
+                        || canon == "x-forwarded-for"
+                        || canon == "x-forwarded-proto"
+                        || canon.starts_with("x-portcullis-")
+                    {
+                        return Err(ConfigError::new(
+                            field,
+                            "this header carries what the proxy saw about the request (or is internal); \
+                             map the claim to another header",
+                        ));
+                    }
                     if claim.is_empty() {
                         return Err(ConfigError::new(field, "claim name is empty"));
                     }
@@ -851,34 +865,39 @@ impl PreauthConfig {
         })
     }
 
-    /// The app serving `host` (the `Host`/`:authority` value; port and case ignored).
-    /// A configured host `*.example.com` matches one label in place of `*`.
+    /// The app serving `host` (the `Host`/`:authority` value as Envoy
+    /// canonicalised it): its [`host_name`] (port removed, lower case)
+    /// compared exactly with the configured hosts, exact names before
+    /// wildcards. A configured `*.example.com` matches one label in place of
+    /// `*`. Nothing else is removed: `app.example.com.` matches no app.
     pub fn app_for_host(&self, host: &str) -> Option<usize> {
-        let host = strip_port(host).to_ascii_lowercase();
-        let host = host.trim_end_matches('.');
-        self.apps.iter().position(|a| {
-            a.hosts.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => host
-                    .strip_suffix(suffix)
-                    .and_then(|l| l.strip_suffix('.'))
-                    .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-                None => h == host,
+        let host = host_name(host);
+        let host = host.as_str();
+        self.apps
+            .iter()
+            .position(|a| a.hosts.iter().any(|h| h == host))
+            .or_else(|| {
+                self.apps.iter().position(|a| {
+                    a.hosts.iter().any(|h| {
+                        h.strip_prefix("*.").is_some_and(|suffix| {
+                            host.strip_suffix(suffix)
+                                .and_then(|l| l.strip_suffix('.'))
+                                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                        })
+                    })
+                })
             })
-        })
     }
-}
 
-/// `host[:port]` → `host` (IPv6 literals in brackets are kept whole).
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        };
+    /// The app with id `id`.
+    pub fn app_by_id(&self, id: &str) -> Option<usize> {
+        self.apps.iter().position(|a| a.id == id)
     }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
-        _ => host,
+
+    /// The request's app: the route's when it names one, else the Host's
+    /// ([`crate::app`]).
+    pub fn select_app(&self, route: RouteApp<'_>, host: &str) -> Chosen<usize> {
+        crate::app::choose(route, |id| self.app_by_id(id), || self.app_for_host(host))
     }
 }
 
@@ -984,6 +1003,14 @@ pub(crate) mod tests {
             ),
             (r#""client_auth":"none""#, "apps[0].client_secret"),
             (
+                r#""claim_headers":{"X-Real-IP":"sub"}"#,
+                "apps[0].claim_headers.X-Real-IP",
+            ),
+            (
+                r#""claim_headers":{"x-portcullis-app":"sub"}"#,
+                "apps[0].claim_headers.x-portcullis-app",
+            ),
+            (
                 r#""discovery":true,"token_endpoint":"http://x/token""#,
                 "apps[0].discovery",
             ),
@@ -1045,6 +1072,67 @@ pub(crate) mod tests {
             PreauthConfig::from_json(dup.as_bytes()).unwrap_err().field,
             "apps[1].hosts"
         );
+    }
+
+    #[test]
+    fn hosts_are_compared_exactly_as_envoy_routes_them() {
+        let json = r#"{"apps":[{"id":"wild","hosts":["*.localhost"],"mode":"passthrough"},
+            {"id":"admin","hosts":["admin.localhost"],"mode":"passthrough"}]}"#;
+        let c = PreauthConfig::from_json(json.as_bytes()).unwrap();
+        // Exact names before wildcards, whatever the order of the apps.
+        assert_eq!(c.app_for_host("admin.localhost"), Some(1));
+        assert_eq!(c.app_for_host("ADMIN.localhost:10000"), Some(1));
+        assert_eq!(c.app_for_host("other.localhost"), Some(0));
+        // Trailing dots are never removed here: Envoy strips one
+        // (`strip_trailing_host_dot`) before routing, and whatever is left
+        // matches no app.
+        for spelling in [
+            "admin.localhost.",
+            "admin.localhost.:10000",
+            "admin.localhost..",
+            "admin.localhost..:10000",
+            "admin.localhost,other",
+        ] {
+            assert_ne!(c.app_for_host(spelling), Some(1), "{spelling}");
+        }
+        assert_eq!(c.app_for_host("admin.localhost."), None);
+        // The route wins; a route naming an unknown app is refused.
+        assert_eq!(
+            c.select_app(RouteApp::Named("wild"), "admin.localhost"),
+            Chosen::Route {
+                app: 0,
+                host_choice: Some(1)
+            }
+        );
+        assert_eq!(
+            c.select_app(RouteApp::Named("admn"), "admin.localhost"),
+            Chosen::UnknownRoute
+        );
+        assert_eq!(
+            c.select_app(RouteApp::Absent, "admin.localhost"),
+            Chosen::Host(1)
+        );
+        assert_eq!(
+            c.select_app(RouteApp::Absent, "admin.localhost."),
+            Chosen::None
+        );
+        for bad in [
+            "admin.localhost.",
+            "a..b",
+            "*",
+            "a.*.b",
+            "[::1]",
+            "a:80",
+            "",
+        ] {
+            let json =
+                format!(r#"{{"apps":[{{"id":"a","hosts":["{bad}"],"mode":"passthrough"}}]}}"#);
+            assert_eq!(
+                PreauthConfig::from_json(json.as_bytes()).unwrap_err().field,
+                "apps[0].hosts[0]",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub mod session;
 pub mod token;
 pub mod url;
 
+use crate::app::{self, Chosen, RouteApp};
 use crate::assertion::{ASSERTION_HEADER, JWKS_CACHE_CONTROL, JWKS_PATH};
 use crate::denial::{Denial, DenialResponse, Format};
+use crate::forwarded;
 use crate::identity::Identity;
 use crate::redirect;
 use crate::seal::SEAL_RANDOM_LEN;
@@ -170,6 +172,10 @@ pub struct RequestView<'a> {
     pub headers: &'a [(String, String)],
     /// `x-request-id` (or another id) for denials and logs.
     pub request_id: &'a str,
+    /// The app the route names ([`app::ROUTE_APP_PROPERTY`]).
+    pub route_app: RouteApp<'a>,
+    /// Envoy's downstream address (`source.address`), for `X-Real-IP`.
+    pub client_address: Option<&'a str>,
 }
 
 impl RequestView<'_> {
@@ -195,31 +201,41 @@ impl RequestView<'_> {
     }
 }
 
-/// Header names (lower-case) the filter owns: defaults and every app's mapping.
+/// Header names (lower-case, `-` for `_`, sorted) whose client copies the
+/// filter removes: the identity headers (defaults and every app's mapping)
+/// and the headers backends trust about the client
+/// ([`forwarded::UNTRUSTED_CLIENT_HEADERS`]).
 pub fn owned_headers(config: &PreauthConfig) -> Vec<String> {
     let mut names: Vec<String> = config::default_claim_headers()
         .into_iter()
         .map(|(h, _)| h)
+        .chain(
+            forwarded::UNTRUSTED_CLIENT_HEADERS
+                .iter()
+                .map(|h| h.to_string()),
+        )
+        .chain(
+            config
+                .apps
+                .iter()
+                .filter_map(|a| a.oidc.as_ref())
+                .flat_map(|o| o.claim_headers.iter().map(|(h, _)| h.clone())),
+        )
+        .map(|h| h.replace('_', "-"))
         .collect();
-    for app in &config.apps {
-        if let Some(o) = &app.oidc {
-            for (h, _) in &o.claim_headers {
-                if !names.contains(h) {
-                    names.push(h.clone());
-                }
-            }
-        }
-    }
+    names.sort_unstable();
+    names.dedup();
     names
 }
 
 /// The request headers to remove: any spelling (case, `_` for `-`) of an
-/// owned header, and every `x-portcullis-*` header.
+/// owned header (`owned` as [`owned_headers`] makes it: sorted), and every
+/// `x-portcullis-*` header.
 pub fn headers_to_strip(owned: &[String], headers: &[(String, String)]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, _) in headers {
         let canon = name.to_ascii_lowercase().replace('_', "-");
-        if (canon.starts_with(INTERNAL_HEADER_PREFIX) || owned.contains(&canon))
+        if (canon.starts_with(INTERNAL_HEADER_PREFIX) || owned.binary_search(&canon).is_ok())
             && !out.contains(name)
         {
             out.push(name.clone());
@@ -255,29 +271,37 @@ pub fn on_request(
     sessions: &mut session::SessionCache,
 ) -> Decision {
     let remove = headers_to_strip(owned, req.headers);
-    let Some(app_index) = config.app_for_host(req.host) else {
-        if config.other_hosts == config::OtherHosts::Pass {
-            return Decision::Continue {
-                remove,
-                add: Vec::new(),
-                identity: None,
-                app_id: None,
-            };
+    let forwarded = forwarded::forwarded_headers(req.host, req.client_address);
+    let app_index = match config.select_app(req.route_app, req.host) {
+        Chosen::Route { app, .. } | Chosen::Host(app) => app,
+        Chosen::UnknownRoute => return deny(app::route_app_unknown(), req),
+        Chosen::None => {
+            if config.other_hosts == config::OtherHosts::Pass {
+                return Decision::Continue {
+                    remove,
+                    add: forwarded,
+                    identity: None,
+                    app_id: None,
+                };
+            }
+            return deny(
+                Denial::Other {
+                    status: 404,
+                    code: "unknown_host".into(),
+                    sentence: "No application is published on this host name.".into(),
+                },
+                req,
+            );
         }
-        return deny(
-            Denial::Other {
-                status: 404,
-                code: "unknown_host".into(),
-                sentence: "No application is published on this host name.".into(),
-            },
-            req,
-        );
     };
-    let app = &config.apps[app_index];
+    // select_app returns indexes into config.apps; fail closed all the same.
+    let Some(app) = config.apps.get(app_index) else {
+        return deny(app::route_app_unknown(), req);
+    };
     let Some(settings) = &app.oidc else {
         return Decision::Continue {
             remove,
-            add: Vec::new(),
+            add: forwarded,
             identity: None,
             app_id: Some(app.id.clone()),
         };
@@ -324,18 +348,20 @@ pub fn on_request(
         );
     }
     let session = session::session_from_headers(app, settings, req.headers, now, sessions);
-    let continue_with = |id: Identity, assertion: String, remove: Vec<String>| {
-        let mut add = session::identity_headers(settings, &id);
-        add.push((ASSERTION_HEADER.to_string(), assertion));
-        Decision::Continue {
-            add,
-            remove,
-            identity: Some(Box::new(id)),
-            app_id: Some(app.id.clone()),
-        }
-    };
+    let continue_with =
+        |id: Identity, assertion: String, remove: Vec<String>, forwarded: Vec<(String, String)>| {
+            let mut add = session::identity_headers(settings, &id);
+            add.push((ASSERTION_HEADER.to_string(), assertion));
+            add.extend(forwarded);
+            Decision::Continue {
+                add,
+                remove,
+                identity: Some(Box::new(id)),
+                app_id: Some(app.id.clone()),
+            }
+        };
     let session = match session {
-        Some(Ok(s)) => return continue_with(s.identity, s.assertion, remove),
+        Some(Ok(s)) => return continue_with(s.identity, s.assertion, remove, forwarded),
         Some(Err(e)) => Some(Err::<(), _>(e)),
         None => None,
     };
@@ -346,7 +372,7 @@ pub fn on_request(
     {
         return Decision::Continue {
             remove,
-            add: Vec::new(),
+            add: forwarded,
             identity: None,
             app_id: Some(app.id.clone()),
         };
@@ -365,13 +391,15 @@ pub fn on_request(
                 skew_secs: settings.skew_secs,
                 now,
             };
-            return match token::validate_token(token, keys, &checks) {
-                Ok(t) => {
-                    // Bearer requests are not cached: each gets its own assertion.
-                    let id = session::identity_from_token(settings, &t, now);
-                    let (assertion, _) = session::sign_assertion(settings, &id, now);
-                    continue_with(id, assertion, remove)
-                }
+            // A token validated before comes from the cache with its
+            // assertion: the signature check and the Ed25519 signature run
+            // once per token and worker.
+            let validated = sessions.bearer(settings, &app.id, token, now, || {
+                token::validate_token(token, keys, &checks)
+                    .map(|t| session::identity_from_token(settings, &t, now))
+            });
+            return match validated {
+                Ok(s) => continue_with(s.identity, s.assertion, remove, forwarded),
                 Err(e) => Decision::Respond {
                     response: Response::from_denial(
                         e.denial().render_as(req.request_id, Format::Json),

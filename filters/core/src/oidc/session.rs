@@ -346,7 +346,18 @@ impl SessionCache {
     pub const CAPACITY: usize = 128;
 
     fn key(app_id: &str, value: &str) -> [u8; 32] {
+        Self::key_of(b'c', app_id, value)
+    }
+
+    /// The key of a bearer token: apart from cookie values by its first byte,
+    /// so a cookie value equal to a token never hits the token's entry.
+    fn bearer_key(app_id: &str, token: &str) -> [u8; 32] {
+        Self::key_of(b'b', app_id, token)
+    }
+
+    fn key_of(kind: u8, app_id: &str, value: &str) -> [u8; 32] {
         let mut h = Sha256::new();
+        h.update([kind]);
         h.update((app_id.len() as u64).to_be_bytes());
         h.update(app_id.as_bytes());
         h.update(value.as_bytes());
@@ -355,17 +366,17 @@ impl SessionCache {
 
     fn get(&mut self, settings: &OidcSettings, key: &[u8; 32], now: u64) -> Option<Session> {
         let i = self.entries.iter().position(|e| e.key == *key)?;
-        if now >= self.entries[i].identity.exp {
+        let e = self.entries.get_mut(i)?;
+        if now >= e.identity.exp {
             self.entries.swap_remove(i);
             return None;
         }
-        self.hits += 1;
-        let e = &mut self.entries[i];
+        self.hits = self.hits.saturating_add(1);
         if settings.assertion.needs_resign(e.assertion_exp, now) {
             let (token, exp) = sign_assertion(settings, &e.identity, now);
             e.assertion = token;
             e.assertion_exp = exp;
-            self.signatures += 1;
+            self.signatures = self.signatures.saturating_add(1);
         }
         Some(Session {
             identity: e.identity.clone(),
@@ -381,7 +392,7 @@ impl SessionCache {
         now: u64,
     ) -> Session {
         let (assertion, assertion_exp) = sign_assertion(settings, &identity, now);
-        self.signatures += 1;
+        self.signatures = self.signatures.saturating_add(1);
         let session = Session {
             identity: identity.clone(),
             assertion: assertion.clone(),
@@ -395,11 +406,36 @@ impl SessionCache {
         if self.entries.len() < Self::CAPACITY {
             self.entries.push(entry);
         } else {
+            // The cache is full (len == CAPACITY): slot is in range.
             let slot = self.next % Self::CAPACITY;
-            self.entries[slot] = entry;
-            self.next = slot + 1;
+            if let Some(old) = self.entries.get_mut(slot) {
+                *old = entry;
+            }
+            self.next = slot.saturating_add(1);
         }
         session
+    }
+
+    /// The identity of a bearer token for `app_id`: from the cache when this
+    /// exact token was validated before and has not expired, otherwise from
+    /// `validate` (the full signature and claim checks), whose identity is
+    /// kept with its signed assertion. Like Envoy's `jwt_authn` token cache,
+    /// a token that validated once is trusted until its `exp` (the cache
+    /// belongs to one configuration); a refused token is never kept, so each
+    /// attempt is checked in full.
+    pub fn bearer<E>(
+        &mut self,
+        settings: &OidcSettings,
+        app_id: &str,
+        token: &str,
+        now: u64,
+        validate: impl FnOnce() -> Result<Identity, E>,
+    ) -> Result<Session, E> {
+        let key = Self::bearer_key(app_id, token);
+        if let Some(s) = self.get(settings, &key, now) {
+            return Ok(s);
+        }
+        Ok(self.insert(settings, key, validate()?, now))
     }
 
     /// Sessions held.

@@ -3,6 +3,7 @@
 use super::config::tests::KEY_B64;
 use super::token::tests::{claims_at, key_set, keys, CLIENT, ISS, NOW};
 use super::*;
+use crate::app::RouteApp;
 use jwt_simple::prelude::*;
 
 fn config_json(extra: &str) -> String {
@@ -75,21 +76,54 @@ impl World {
     }
 
     fn request(&self, host: &str, path: &str, headers: &[(String, String)]) -> Decision {
+        self.routed(RouteApp::Absent, host, path, headers)
+    }
+
+    /// A request whose route names `route` (as `xds.route_metadata…app` would).
+    fn routed(
+        &self,
+        route: RouteApp<'_>,
+        host: &str,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Decision {
+        self.with_cache(
+            route,
+            host,
+            path,
+            headers,
+            NOW,
+            &mut session::SessionCache::default(),
+        )
+    }
+
+    /// A request answered with the worker's session cache `cache` at `now`.
+    fn with_cache(
+        &self,
+        route: RouteApp<'_>,
+        host: &str,
+        path: &str,
+        headers: &[(String, String)],
+        now: u64,
+        cache: &mut session::SessionCache,
+    ) -> Decision {
         let req = RequestView {
             method: "GET",
             path,
             host,
             headers,
             request_id: "req-1",
+            route_app: route,
+            client_address: Some("203.0.113.9:40000"),
         };
         on_request(
             &self.config,
             &self.owned,
             &req,
             self.provider(),
-            NOW,
+            now,
             &mut counter(),
-            &mut session::SessionCache::default(),
+            cache,
         )
     }
 }
@@ -420,6 +454,8 @@ fn expired_login_state_is_refused() {
         host: "hr.localhost",
         headers: &headers,
         request_id: "r",
+        route_app: RouteApp::Absent,
+        client_address: None,
     };
     let d = on_request(
         &w.config,
@@ -595,6 +631,8 @@ fn waits_for_provider_state() {
         host: "hr.localhost",
         headers: &headers,
         request_id: "r",
+        route_app: RouteApp::Absent,
+        client_address: None,
     };
     let d = on_request(
         &w.config,
@@ -957,6 +995,86 @@ fn bearer_requests_carry_an_assertion_too() {
     }
 }
 
+/// A bearer token validated once is answered from the worker's cache with its
+/// assertion (one signature per token and worker, as for session cookies);
+/// a token differing in any byte is checked in full and refused, an expired
+/// one is refused, and a cookie whose value is the token is no session.
+#[test]
+fn bearer_tokens_are_validated_and_signed_once_per_worker() {
+    let config =
+        PreauthConfig::from_json(config_json(r#","bearer":{"audience":"api://hr"}"#).as_bytes())
+            .unwrap();
+    let w = World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    };
+    let mut c = claims_at(NOW).with_audience("api://hr");
+    c.nonce = None;
+    let token = keys().es.sign(c).unwrap();
+    let auth = format!("Bearer {token}");
+    let cache = &mut session::SessionCache::default();
+    let mut seen = vec![];
+    for _ in 0..3 {
+        match w.with_cache(
+            RouteApp::Absent,
+            "hr.localhost",
+            "/api",
+            &h(&[("authorization", &auth)]),
+            NOW,
+            cache,
+        ) {
+            Decision::Continue { add, .. } => seen.push(assertion_of(&add).unwrap().to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(cache.signatures(), 1);
+    assert_eq!(cache.hits(), 2);
+    assert!(seen.iter().all(|a| *a == seen[0]));
+    // One byte of the signature changed: validated in full, refused, not kept.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = format!("Bearer {}", String::from_utf8(forged).unwrap());
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("authorization", &forged)]),
+        NOW,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(cache.len(), 1);
+    // The token as a session cookie value is not a session.
+    let cookie = format!(
+        "{}={token}",
+        w.config.apps[0].oidc.as_ref().unwrap().cookie.name
+    );
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("cookie", &cookie)]),
+        NOW,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    // Past its expiry the cached token is refused like any other.
+    let later = NOW + 7 * 24 * 3600;
+    let r = respond(w.with_cache(
+        RouteApp::Absent,
+        "hr.localhost",
+        "/api",
+        &h(&[("authorization", &auth)]),
+        later,
+        cache,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(cache.hits(), 2);
+}
+
 #[test]
 fn assertion_configuration() {
     let with = |extra: &str| PreauthConfig::from_json(config_json(extra).as_bytes());
@@ -1024,4 +1142,140 @@ fn assertion_configuration() {
         PreauthConfig::from_json(wild.as_bytes()).unwrap_err().field,
         "apps[0].assertion.issuer"
     );
+}
+
+/// Two signed-in apps with the same sealing key and cookie name, as in the demo.
+fn two_apps() -> World {
+    let admin = format!(
+        r#"{{"id":"admin","hosts":["admin.localhost"],"issuer":"{ISS}","client_id":"{CLIENT}",
+          "client_secret":"s3cret","cluster":"idp","discovery":false,
+          "authorization_endpoint":"{ISS}/auth","token_endpoint":"{ISS}/token",
+          "jwks_uri":"{ISS}/jwks","sealing_keys":["{KEY_B64}"]}},"#
+    );
+    let json = config_json("").replacen(r#"{"apps":["#, &format!(r#"{{"apps":[{admin}"#), 1);
+    let config = PreauthConfig::from_json(json.as_bytes()).unwrap();
+    World {
+        owned: owned_headers(&config),
+        metadata: metadata(&config),
+        keys: key_set(),
+        config,
+    }
+}
+
+fn session_of(w: &World, app: &str) -> String {
+    let i = w.config.app_by_id(app).unwrap();
+    let s = w.config.apps[i].oidc.as_ref().unwrap();
+    let id = Identity {
+        sub: format!("{app}-user"),
+        iat: NOW,
+        exp: NOW + 600,
+        ..Identity::default()
+    };
+    format!(
+        "__Host-portcullis={}",
+        session::seal_session(app, s, &id, [7; crate::seal::SEAL_RANDOM_LEN]).unwrap()
+    )
+}
+
+#[test]
+fn the_route_chooses_the_app_and_a_session_only_opens_at_its_own_app() {
+    let w = two_apps();
+    let admin = h(&[
+        ("accept", "application/json"),
+        ("cookie", &session_of(&w, "admin")),
+    ]);
+    // The issue's spellings: Envoy routed them to the default virtual host,
+    // whose route names `hr`. The admin session is judged as a session of
+    // `hr`, where it does not open.
+    for host in [
+        "admin.localhost.",
+        "admin.localhost.:10000",
+        "admin.localhost..:10000",
+        "ADMIN.localhost.",
+    ] {
+        let r = respond(w.routed(RouteApp::Named("hr"), host, "/headers", &admin));
+        assert_eq!(r.status, 401, "{host}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("cookie_invalid"),
+            "{host}"
+        );
+        // Without route metadata the Host decides, exactly: no app.
+        let r = respond(w.request(host, "/headers", &admin));
+        assert_eq!(r.status, 404, "{host}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("unknown_host"),
+            "{host}"
+        );
+    }
+    // Routed to admin, the admin session opens, whatever the Host says.
+    for host in ["admin.localhost", "hr.localhost", "evil.example"] {
+        match w.routed(RouteApp::Named("admin"), host, "/x", &admin) {
+            Decision::Continue {
+                identity, app_id, ..
+            } => {
+                assert_eq!(identity.unwrap().sub, "admin-user");
+                assert_eq!(app_id.as_deref(), Some("admin"));
+            }
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+    // The passthrough app's route never carries an identity on.
+    match w.routed(RouteApp::Named("open"), "admin.localhost", "/x", &admin) {
+        Decision::Continue {
+            identity, app_id, ..
+        } => {
+            assert!(identity.is_none());
+            assert_eq!(app_id.as_deref(), Some("open"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A route naming an app preauth does not know is refused, not passed.
+    for route in [RouteApp::Named("admn"), RouteApp::Invalid] {
+        let r = respond(w.routed(route, "admin.localhost", "/x", &admin));
+        assert_eq!(r.status, 500);
+        assert!(String::from_utf8_lossy(&r.body).contains("route_app_unknown"));
+    }
+}
+
+#[test]
+fn forwarded_headers_are_what_envoy_saw() {
+    let w = World::new();
+    let spoof = h(&[
+        ("X-Forwarded-Host", "evil.example"),
+        ("x-real-ip", "1.2.3.4"),
+        ("Forwarded", "for=1.2.3.4;host=evil.example"),
+        ("X-Forwarded-Port", "1"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Original-URL", "/admin"),
+        ("x_rewrite_url", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Proto", "https"),
+    ]);
+    for (host, path) in [("open.localhost", "/x"), ("hr.localhost", "/public/a")] {
+        let Decision::Continue { remove, add, .. } = w.request(host, path, &spoof) else {
+            panic!("{host}")
+        };
+        assert_eq!(
+            remove,
+            vec![
+                "X-Forwarded-Host",
+                "x-real-ip",
+                "Forwarded",
+                "X-Forwarded-Port",
+                "X-Forwarded-Prefix",
+                "X-Original-URL",
+                "x_rewrite_url",
+                "X-HTTP-Method-Override",
+            ],
+            "{host}: Envoy maintains X-Forwarded-For and -Proto itself"
+        );
+        assert_eq!(
+            add,
+            vec![
+                ("x-forwarded-host".to_string(), host.to_string()),
+                ("x-real-ip".to_string(), "203.0.113.9".to_string()),
+            ]
+        );
+    }
 }

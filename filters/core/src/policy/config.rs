@@ -5,6 +5,7 @@
 
 use super::address::{AddressSource, OnInvalid};
 use super::cidr::Cidr;
+use crate::app::{host_name, is_app_id, RouteApp};
 use crate::config::{check_header_name, parse_json, ConfigError};
 use crate::path::{PathPrefix, PathRules};
 use serde::Deserialize;
@@ -48,6 +49,22 @@ struct RawConfig {
     apps: BTreeMap<String, RawApp>,
     #[serde(default)]
     policies: Vec<RawPolicy>,
+}
+
+/// An entry of `apps` (the registry of apps): who is assigned to the app,
+/// and its path rule.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    /// Every signed-in user is assigned.
+    #[serde(default)]
+    open: bool,
+    #[serde(default)]
+    path_rules: Option<PathRules>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -105,18 +122,6 @@ struct RawLocation {
     countries: Vec<String>,
     #[serde(default)]
     trusted: bool,
-}
-
-/// An entry of `apps`: who is assigned, and the app's path rule.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    path_rules: Option<PathRules>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -290,6 +295,8 @@ impl Mask {
 pub struct Principals {
     /// `"*"` was listed: everyone, signed in or not.
     pub everyone: bool,
+    /// The app is declared `open`: every signed-in user.
+    pub signed_in: bool,
     /// User entries as written.
     pub users: Vec<String>,
     /// Group names or ids.
@@ -299,7 +306,7 @@ pub struct Principals {
 impl Principals {
     /// True when nothing at all is listed.
     pub fn is_empty(&self) -> bool {
-        !self.everyone && self.users.is_empty() && self.groups.is_empty()
+        !self.everyone && !self.signed_in && self.users.is_empty() && self.groups.is_empty()
     }
 }
 
@@ -398,8 +405,9 @@ pub struct Policy {
 /// Per-app view: assignment and the policies that name the app (or `*`), in config order.
 #[derive(Debug, Clone, Default)]
 pub struct AppIndex {
-    /// Users/groups assigned to the app; `None` = everyone.
-    pub assignment: Option<Principals>,
+    /// Who is assigned to the app (never empty: an app needs an assignment
+    /// or an explicit `open`).
+    pub assignment: Principals,
     /// Indexes into [`PolicyConfig::policies`].
     pub policies: Vec<usize>,
     /// The app's path-equivalence rule ([`crate::path`]; the strict default
@@ -414,9 +422,10 @@ pub struct PolicyConfig {
     pub address: AddressSource,
     /// Request header (lower-case) carrying the country set by a trusted geo-IP stage.
     pub country_header: Option<String>,
-    /// Host (lower-case, no port) → app id, for requests without a handed-over identity.
+    /// Host (lower-case, no port) → app id, for requests whose route names no app.
     pub hosts: HashMap<String, String>,
-    /// App id for requests whose app is otherwise unknown.
+    /// App id for requests whose app is otherwise unknown (none: they are
+    /// denied `not_assigned`).
     pub default_app: Option<String>,
     /// `amr` values that count as MFA.
     pub mfa_amr: Vec<String>,
@@ -436,10 +445,19 @@ pub struct PolicyConfig {
     pub locations: Vec<Location>,
     /// Enabled and report-only policies, in config order.
     pub policies: Vec<Policy>,
-    /// Apps named anywhere in the configuration.
+    /// The apps (the registry: every app id the configuration names is one of
+    /// these). A request for any other app is denied `not_assigned`.
     pub apps: HashMap<String, AppIndex>,
-    /// For any other app: the policies that name `*`.
-    pub other_apps: AppIndex,
+}
+
+/// Why conditional access cannot tell which app a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppRefusal {
+    /// The route's `portcullis.app` metadata is not an app id (`route_app_unknown`).
+    RouteInvalid,
+    /// The identity was handed over for another app than the one the request
+    /// goes to (`app_mismatch`).
+    Mismatch,
 }
 
 impl PolicyConfig {
@@ -449,27 +467,30 @@ impl PolicyConfig {
         validate(raw)
     }
 
-    /// The app a request belongs to: the one the preauth filter handed over,
-    /// else the one configured for its `Host` (port ignored), else `default_app`,
-    /// else `""` (only `*` policies apply).
-    pub fn app_id<'a>(&'a self, handed_over: Option<&'a str>, host: &str) -> &'a str {
-        if let Some(app) = handed_over {
-            return app;
-        }
-        let host = host.trim();
-        let bare = if host.starts_with('[') {
-            host.split_once(']')
-                .map_or(host, |(h, _)| h)
-                .trim_start_matches('[')
-        } else {
-            host.split(':').next().unwrap_or(host)
+    /// The app a request belongs to ([`crate::app`]): the one its route names,
+    /// else the one `hosts` lists for its Host ([`crate::app::host_name`]:
+    /// port and case ignored, nothing else), else the one the preauth filter
+    /// handed over, else `default_app`, else `""`. An app without an entry in
+    /// `apps` (including `""`) is denied `not_assigned` by [`super::evaluate`].
+    ///
+    /// A handed-over identity must belong to that app: if the route or the
+    /// Host names another one, the request is refused ([`AppRefusal::Mismatch`]).
+    pub fn select_app<'a>(
+        &'a self,
+        route: RouteApp<'a>,
+        handed_over: Option<&'a str>,
+        host: &str,
+    ) -> Result<&'a str, AppRefusal> {
+        let own = match route {
+            RouteApp::Named(id) => Some(id),
+            RouteApp::Invalid => return Err(AppRefusal::RouteInvalid),
+            RouteApp::Absent => self.hosts.get(&host_name(host)).map(String::as_str),
         };
-        self.hosts
-            .iter()
-            .find(|(h, _)| h.eq_ignore_ascii_case(bare))
-            .map(|(_, a)| a.as_str())
-            .or(self.default_app.as_deref())
-            .unwrap_or("")
+        match (handed_over, own) {
+            (Some(h), Some(o)) if h != o => Err(AppRefusal::Mismatch),
+            (Some(app), _) | (None, Some(app)) => Ok(app),
+            (None, None) => Ok(self.default_app.as_deref().unwrap_or("")),
+        }
     }
 
     /// Every group some assignment or policy names, sorted: what the preauth
@@ -478,7 +499,7 @@ impl PolicyConfig {
         let mut out: Vec<&str> = self
             .apps
             .values()
-            .filter_map(|a| a.assignment.as_ref())
+            .map(|a| &a.assignment)
             .chain(self.policies.iter().flat_map(|p| [&p.include, &p.exclude]))
             .flat_map(|p| p.groups.iter().map(String::as_str))
             .collect();
@@ -508,9 +529,9 @@ impl PolicyConfig {
         out
     }
 
-    /// The index for `app`.
-    pub fn app(&self, app: &str) -> &AppIndex {
-        self.apps.get(app).unwrap_or(&self.other_apps)
+    /// The entry of `app`; `None` for an app the configuration does not define.
+    pub fn app(&self, app: &str) -> Option<&AppIndex> {
+        self.apps.get(app)
     }
 }
 
@@ -531,6 +552,17 @@ fn check_text(field: &str, value: &str, what: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+fn check_app_id(field: &str, value: &str) -> Result<(), ConfigError> {
+    if is_app_id(value) {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("app id `{value}` must be 1 to 128 letters, digits, `-`, `_` or `.`"),
+        ))
+    }
 }
 
 fn check_name(field: &str, value: &str, what: &str) -> Result<(), ConfigError> {
@@ -624,21 +656,6 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
         Some(h) => Some(check_header_name("country_header", &h)?),
         None => None,
     };
-    let mut hosts = HashMap::new();
-    for (host, app) in raw.hosts {
-        let field = format!("hosts.{host}");
-        check_text(&field, &host, "a host name")?;
-        if host.contains(':') && !host.starts_with('[') {
-            return Err(err(field, "write the host without a port"));
-        }
-        check_text(&field, &app, "an app id")?;
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        hosts.insert(bare.to_ascii_lowercase(), app);
-    }
-    if let Some(app) = &raw.default_app {
-        check_text("default_app", app, "an app id")?;
-    }
-    let default_app = raw.default_app;
     let mfa_amr = match raw.mfa.amr {
         Some(list) => {
             if list.is_empty() {
@@ -726,30 +743,75 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
         });
     }
 
+    // The registry of apps: every app id named elsewhere must be one of these.
     let mut apps: HashMap<String, AppIndex> = HashMap::new();
     for (app, entry) in raw.apps {
         let field = format!("apps.{app}");
-        check_text(&field, &app, "an app id")?;
-        let assigned = RawPrincipals {
-            users: entry.users,
-            groups: entry.groups,
-        };
-        let p = principals(&field, assigned, true)?;
+        check_app_id(&field, &app)?;
+        let listed = !entry.users.is_empty() || !entry.groups.is_empty();
+        if entry.open && listed {
+            return Err(err(
+                format!("{field}.open"),
+                "`open` assigns every signed-in user: list no users or groups with it",
+            ));
+        }
+        let mut p = principals(
+            &field,
+            RawPrincipals {
+                users: entry.users,
+                groups: entry.groups,
+            },
+            true,
+        )?;
+        p.signed_in = entry.open;
         if p.is_empty() {
             return Err(err(
                 field,
-                "assign at least one user or group (`\"users\": [\"*\"]` for everyone), or leave the app out",
+                "an app needs an assignment: list users and/or groups, or declare it \
+                 `\"open\": true` (every signed-in user); `\"users\": [\"*\"]` also lets \
+                 requests without a session through",
             ));
         }
         apps.insert(
             app,
             AppIndex {
-                assignment: Some(p),
+                assignment: p,
                 policies: Vec::new(),
                 path_rules: entry.path_rules.unwrap_or_default(),
             },
         );
     }
+    let defined = |field: &str, app: &str| -> Result<(), ConfigError> {
+        check_app_id(field, app)?;
+        if apps.contains_key(app) {
+            Ok(())
+        } else {
+            Err(err(
+                field,
+                format!("app `{app}` is not defined in `apps` (a misspelt app id would leave the real app unprotected)"),
+            ))
+        }
+    };
+    let mut hosts = HashMap::new();
+    for (host, app) in raw.hosts {
+        let field = format!("hosts.{host}");
+        check_text(&field, &host, "a host name")?;
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(err(field, "write the host without a port"));
+        }
+        if host.ends_with('.') {
+            return Err(err(
+                field,
+                "write the host without a trailing dot (Envoy strips it before routing)",
+            ));
+        }
+        defined(&field, &app)?;
+        hosts.insert(host.to_ascii_lowercase(), app);
+    }
+    if let Some(app) = &raw.default_app {
+        defined("default_app", app)?;
+    }
+    let default_app = raw.default_app;
 
     let mut policies = Vec::new();
     let mut policy_apps: Vec<(usize, Vec<String>)> = Vec::new();
@@ -770,7 +832,9 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
             ));
         }
         for (i, a) in rp.apps.iter().enumerate() {
-            check_text(&format!("{field}.apps[{i}]"), a, "an app id")?;
+            if a != "*" {
+                defined(&format!("{field}.apps[{i}]"), a)?;
+            }
         }
         let include = match rp.assignments.include {
             Some(p) => {
@@ -852,16 +916,19 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
                     return Err(err(format!("{cf}.paths"), "list at least one path prefix"));
                 }
                 // Checked under the path rule of every app the policy can
-                // judge: the apps it names (`*`: every app, and the default
-                // rule of apps without an entry).
+                // judge: the apps it names (`*`: every app of the registry;
+                // requests for any other app are denied before any policy).
+                // Without apps, under the default rule.
                 let mut rule_sets = vec![];
                 for a in &rp.apps {
                     if a == "*" {
-                        rule_sets.push(PathRules::default());
                         rule_sets.extend(apps.values().map(|x| x.path_rules));
                     } else {
-                        rule_sets.push(apps.get(a).map(|x| x.path_rules).unwrap_or_default());
+                        rule_sets.extend(apps.get(a).map(|x| x.path_rules));
                     }
+                }
+                if rule_sets.is_empty() {
+                    rule_sets.push(PathRules::default());
                 }
                 let mut out = Vec::new();
                 for (i, p) in ps.iter().enumerate() {
@@ -953,20 +1020,9 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
         });
     }
 
-    // Index: every app named anywhere gets the policies naming it or `*`, in config order.
-    for (_, names) in &policy_apps {
-        for a in names {
-            if a != "*" {
-                apps.entry(a.clone()).or_default();
-            }
-        }
-    }
-    let mut other_apps = AppIndex::default();
+    // Index: every app gets the policies naming it or `*`, in config order.
     for (ix, names) in &policy_apps {
         let star = names.iter().any(|a| a == "*");
-        if star {
-            other_apps.policies.push(*ix);
-        }
         for (app, index) in apps.iter_mut() {
             if star || names.iter().any(|a| a == app) {
                 index.policies.push(*ix);
@@ -989,6 +1045,5 @@ fn validate(raw: RawConfig) -> Result<PolicyConfig, ConfigError> {
         locations,
         policies,
         apps,
-        other_apps,
     })
 }

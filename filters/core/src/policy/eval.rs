@@ -1,8 +1,11 @@
 //! The evaluator: one request, the app's indexed policies, one decision.
 //!
 //! Rules, in order:
-//! 1. An app with an assignment refuses everyone not assigned (`not_assigned`);
-//!    an anonymous request is sent to sign in first.
+//! 1. An app the configuration does not define is refused (`not_assigned`).
+//!    A path the app's path rule refuses is refused (`ambiguous_path`).
+//!    Every defined app has an assignment (users, groups, `open` for every
+//!    signed-in user, or `*` for everyone): whoever it does not cover is
+//!    refused (`not_assigned`); an anonymous request is sent to sign in first.
 //! 2. Every enforced policy that applies (app, assignments with exclude winning,
 //!    all conditions) must be satisfied. A `block` wins over everything else;
 //!    then an unmet control that no sign-in can fix (a claim) denies with
@@ -255,8 +258,9 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let Some(&first) = n.first() else {
         return true;
     };
-    h.windows(n.len())
-        .any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(n))
+    h.windows(n.len()).any(|w| {
+        w.first().is_some_and(|c| c.eq_ignore_ascii_case(&first)) && w.eq_ignore_ascii_case(n)
+    })
 }
 
 /// The device platform named by a `User-Agent` (heuristic, order matters:
@@ -338,6 +342,9 @@ fn principal_matches(p: &Principals, identity: Option<&Identity>) -> bool {
     let Some(id) = identity else {
         return false;
     };
+    if p.signed_in {
+        return true;
+    }
     p.users.iter().any(|u| {
         *u == id.sub
             || id
@@ -569,7 +576,17 @@ fn push_acr(acr: &mut Option<String>, value: &str) {
 
 /// Evaluates `req` against the configuration.
 pub fn evaluate<'c>(cfg: &'c PolicyConfig, req: &Request<'_>) -> Evaluation<'c> {
-    let index = cfg.app(req.app);
+    let Some(index) = cfg.app(req.app) else {
+        // No entry: nobody is assigned, and signing in cannot change that.
+        return Evaluation {
+            decision: Decision::Deny {
+                code: DenyCode::NotAssigned,
+                policy: None,
+                unmet: vec![Unmet::Assignment],
+            },
+            results: Vec::new(),
+        };
+    };
     // The path rule first: a path some backend could read as another one is
     // refused before any policy (or the assignment) is looked at.
     let path = match index.path_rules.canonicalize(req.path) {
@@ -615,33 +632,31 @@ pub fn evaluate<'c>(cfg: &'c PolicyConfig, req: &Request<'_>) -> Evaluation<'c> 
         results.push(PolicyResult { policy: p, outcome });
     }
 
-    let decision = decide(cfg, index.assignment.as_ref(), req, &results);
+    let decision = decide(cfg, &index.assignment, req, &results);
     Evaluation { decision, results }
 }
 
 fn decide<'c>(
     cfg: &'c PolicyConfig,
-    assignment: Option<&'c Principals>,
+    assignment: &'c Principals,
     req: &Request<'_>,
     results: &[PolicyResult<'c>],
 ) -> Decision<'c> {
-    if let Some(a) = assignment {
-        if !principal_matches(a, req.identity) {
-            if req.identity.is_none() {
-                return Decision::StepUp(StepUp {
-                    acr: None,
-                    max_age: None,
-                    policies: Vec::new(),
-                    unmet: vec![Unmet::SignIn],
-                    fingerprint: fingerprint(std::iter::empty()),
-                });
-            }
-            return Decision::Deny {
-                code: DenyCode::NotAssigned,
-                policy: None,
-                unmet: vec![Unmet::Assignment],
-            };
+    if !principal_matches(assignment, req.identity) {
+        if req.identity.is_none() {
+            return Decision::StepUp(StepUp {
+                acr: None,
+                max_age: None,
+                policies: Vec::new(),
+                unmet: vec![Unmet::SignIn],
+                fingerprint: fingerprint(std::iter::empty()),
+            });
         }
+        return Decision::Deny {
+            code: DenyCode::NotAssigned,
+            policy: None,
+            unmet: vec![Unmet::Assignment],
+        };
     }
     let enforced = || {
         results

@@ -8,8 +8,31 @@ use std::net::IpAddr;
 
 const NOW: u64 = 1_800_000_000;
 
+/// Parses a configuration. A test configuration without `apps` gets an entry
+/// `{"users": ["*"]}` (every request, judged by the policies alone) for `hr`
+/// and every app its policies, `hosts` and `default_app` name, so that the
+/// tests of the policy language need not repeat the registry.
 fn cfg(json: &str) -> PolicyConfig {
-    PolicyConfig::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    let mut v: serde_json::Value =
+        serde_json::from_str(if json.trim().is_empty() { "{}" } else { json }).unwrap();
+    if v.get("apps").is_none() {
+        let mut names = vec!["hr".to_string()];
+        for p in v["policies"].as_array().into_iter().flatten() {
+            for a in p["apps"].as_array().into_iter().flatten() {
+                names.extend(a.as_str().filter(|a| *a != "*").map(str::to_string));
+            }
+        }
+        for a in v["hosts"].as_object().into_iter().flat_map(|m| m.values()) {
+            names.extend(a.as_str().map(str::to_string));
+        }
+        names.extend(v["default_app"].as_str().map(str::to_string));
+        let apps: serde_json::Map<String, serde_json::Value> = names
+            .into_iter()
+            .map(|n| (n, serde_json::json!({"users": ["*"]})))
+            .collect();
+        v["apps"] = apps.into();
+    }
+    PolicyConfig::from_json(v.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn user(sub: &str) -> Identity {
@@ -420,7 +443,7 @@ fn assignments_include_and_exclude_with_exclude_winning() {
 #[test]
 fn app_assignment_refuses_everyone_else() {
     let config = cfg(
-        r#"{"apps": {"hr": {"groups": ["hr-staff"], "users": ["root"]}},
+        r#"{"apps": {"hr": {"groups": ["hr-staff"], "users": ["root"]}, "other": {"users": ["*"]}},
         "policies": [{"name": "p", "apps": ["other"], "grant": {"block": true}}]}"#,
     );
     let mut staff = user("alice");
@@ -441,8 +464,89 @@ fn app_assignment_refuses_everyone_else() {
     let mut r = req(Some(&staff));
     r.app = "other";
     assert_eq!(code(&evaluate(&config, &r)), "policy_blocked:p");
-    r.app = "unknown";
+    // An app without an entry is refused, signed in or not: it is not
+    // judged by the `*` policies alone (a misspelt id would open it).
+    for id in [Some(&staff), None] {
+        for app in ["unknown", "", "HR"] {
+            let mut r = req(id);
+            r.app = app;
+            let e = evaluate(&config, &r);
+            assert_eq!(code(&e), "not_assigned", "{app}");
+            assert_eq!(e.decision.denial().unwrap().status(), 403);
+        }
+    }
+}
+
+#[test]
+fn an_open_app_admits_every_signed_in_user_and_star_admits_everyone() {
+    let config = cfg(
+        r#"{"apps": {"wiki": {"open": true}, "public": {"users": ["*"]}},
+        "policies": [{"name": "no-post", "apps": ["*"], "conditions": {"methods": ["POST"]}, "grant": {"block": true}}]}"#,
+    );
+    let dave = user("dave");
+    let mut r = req(Some(&dave));
+    r.app = "wiki";
     assert_eq!(code(&evaluate(&config, &r)), "allow");
+    r.method = "POST";
+    assert_eq!(code(&evaluate(&config, &r)), "policy_blocked:no-post");
+    // `open` is every *signed-in* user: anonymous requests sign in first.
+    let mut anon = req(None);
+    anon.app = "wiki";
+    assert_eq!(code(&evaluate(&config, &anon)), "step_up acr=- max_age=-");
+    // `users: ["*"]` keeps its meaning: everyone, signed in or not.
+    anon.app = "public";
+    assert_eq!(code(&evaluate(&config, &anon)), "allow");
+}
+
+#[test]
+fn the_issues_typos_do_not_load() {
+    // `apps` names `my-app` where the preauth app (and the policies) say `myapp`:
+    // `myapp` would have been judged by `*` policies only.
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"apps": {"my-app": {"groups": ["staff"]}},
+                "policies": [{"name": "p", "apps": ["myapp"], "grant": {"mfa": true}}]}"#,
+            "policies[0].apps[0]",
+        ),
+        (
+            r#"{"apps": {"myapp": {"groups": ["staff"]}},
+                "policies": [{"name": "p", "apps": ["*", "my-app"], "grant": {"mfa": true}}]}"#,
+            "policies[0].apps[1]",
+        ),
+        (
+            r#"{"apps": {"myapp": {"groups": ["staff"]}},
+                "policies": [{"name": "p", "state": "disabled", "apps": ["my-app"], "grant": {"mfa": true}}]}"#,
+            "policies[0].apps[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "p", "apps": ["myapp"], "grant": {"mfa": true}}]}"#,
+            "policies[0].apps[0]",
+        ),
+        (
+            r#"{"apps": {"myapp": {"open": true}}, "hosts": {"myapp.example.com": "my-app"}}"#,
+            "hosts.myapp.example.com",
+        ),
+        (
+            r#"{"apps": {"myapp": {"open": true}}, "default_app": "my-app"}"#,
+            "default_app",
+        ),
+        (
+            r#"{"apps": {"myapp": {"open": true}}, "hosts": {"myapp.example.com.": "myapp"}}"#,
+            "hosts.myapp.example.com.",
+        ),
+        (r#"{"apps": {"myapp": {}}}"#, "apps.myapp"),
+        (r#"{"apps": {"myapp": {"open": false}}}"#, "apps.myapp"),
+        (
+            r#"{"apps": {"myapp": {"open": true, "groups": ["staff"]}}}"#,
+            "apps.myapp.open",
+        ),
+        (r#"{"apps": {"my app": {"open": true}}}"#, "apps.my app"),
+    ];
+    for (json, field) in cases {
+        let e = PolicyConfig::from_json(json.as_bytes()).expect_err(json);
+        assert_eq!(e.field, *field, "{json}: {e}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
 }
 
 #[test]
@@ -610,71 +714,71 @@ fn configuration_errors_name_the_field() {
     let cases: &[(&str, &str)] = &[
         (r#"{"polices": []}"#, "polices"),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "extra": 1}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "extra": 1}]}"#,
             "policies[0].extra",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"]}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"]}]}"#,
             "policies[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": [], "grant": {"block": true}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": [], "grant": {"block": true}}]}"#,
             "policies[0].apps",
         ),
         (
-            r#"{"policies": [{"name": "A B", "apps": ["x"], "grant": {"block": true}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "A B", "apps": ["x"], "grant": {"block": true}}]}"#,
             "policies[0].name",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}}, {"name": "a", "apps": ["x"], "grant": {"block": true}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}}, {"name": "a", "apps": ["x"], "grant": {"block": true}}]}"#,
             "policies[1].name",
         ),
         (
-            r#"{"policies": [{"name": "a", "state": "on", "apps": ["x"], "grant": {"block": true}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "state": "on", "apps": ["x"], "grant": {"block": true}}]}"#,
             "policies[0].state",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true, "mfa": true}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true, "mfa": true}}]}"#,
             "policies[0].grant",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {}}]}"#,
             "policies[0].grant",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"locations": {"include": ["all", "moon"]}}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"locations": {"include": ["all", "moon"]}}}]}"#,
             "policies[0].conditions.locations.include[1]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"platforms": ["windows", "beos"]}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"platforms": ["windows", "beos"]}}]}"#,
             "policies[0].conditions.platforms[1]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a/../b"]}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a/../b"]}}]}"#,
             "policies[0].conditions.paths[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["admin"]}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["admin"]}}]}"#,
             "policies[0].conditions.paths[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"methods": ["G T"]}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"methods": ["G T"]}}]}"#,
             "policies[0].conditions.methods[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"sign_in_risk": []}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"sign_in_risk": []}}]}"#,
             "policies[0].conditions.sign_in_risk",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "assignments": {"exclude": {"users": ["*"]}}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "assignments": {"exclude": {"users": ["*"]}}}]}"#,
             "policies[0].assignments.exclude.users[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "assignments": {"include": {}}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "assignments": {"include": {}}}]}"#,
             "policies[0].assignments.include",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "session": {"sign_in_frequency": 0}}]}"#,
+            r#"{"apps": {"x": {"open": true}}, "policies": [{"name": "a", "apps": ["x"], "session": {"sign_in_frequency": 0}}]}"#,
             "policies[0].session.sign_in_frequency",
         ),
         (
@@ -728,6 +832,7 @@ fn indexing_keeps_config_order_and_drops_disabled() {
     let names = |app: &str| -> Vec<String> {
         config
             .app(app)
+            .unwrap()
             .policies
             .iter()
             .map(|&i| config.policies[i].name.clone())
@@ -735,10 +840,10 @@ fn indexing_keeps_config_order_and_drops_disabled() {
     };
     assert_eq!(names("hr"), ["a", "c", "d"]);
     assert_eq!(names("crm"), ["c", "d"]);
-    assert_eq!(names("elsewhere"), ["c"]);
-    // An empty configuration allows everything.
-    let empty = cfg("");
-    assert_eq!(evaluate(&empty, &req(None)).decision, Decision::Allow);
+    assert!(config.app("elsewhere").is_none());
+    // An empty configuration defines no app: nothing is allowed.
+    let empty = PolicyConfig::from_json(b"").unwrap();
+    assert_eq!(code(&evaluate(&empty, &req(None))), "not_assigned");
 }
 
 #[test]
@@ -846,16 +951,48 @@ fn decision_log_has_every_field() {
 }
 
 #[test]
-fn app_ids_come_from_the_handoff_then_the_host() {
-    let config =
-        cfg(r#"{"hosts": {"hr.localhost": "hr", "[::1]": "v6"}, "default_app": "fallback"}"#);
-    assert_eq!(config.app_id(Some("crm"), "hr.localhost"), "crm");
-    assert_eq!(config.app_id(None, "HR.localhost:10000"), "hr");
-    assert_eq!(config.app_id(None, "hr.localhost"), "hr");
-    assert_eq!(config.app_id(None, "[::1]:443"), "v6");
-    assert_eq!(config.app_id(None, "other"), "fallback");
-    assert_eq!(cfg("{}").app_id(None, "other"), "");
-    let e = PolicyConfig::from_json(br#"{"hosts": {"hr.localhost:80": "hr"}}"#).unwrap_err();
+fn the_app_comes_from_the_route_then_the_host_and_the_handoff_must_agree() {
+    use crate::app::RouteApp::{Absent, Invalid, Named};
+    let config = cfg(
+        r#"{"hosts": {"hr.localhost": "hr", "[::1]": "v6"}, "default_app": "fallback",
+            "apps": {"hr": {"open": true}, "crm": {"open": true}, "v6": {"open": true}, "fallback": {"open": true}}}"#,
+    );
+    let pick = |route, handed_over, host| config.select_app(route, handed_over, host);
+    // The route wins over the Host; the hosts map is only the fallback.
+    assert_eq!(pick(Named("crm"), None, "hr.localhost"), Ok("crm"));
+    assert_eq!(pick(Absent, None, "HR.localhost:10000"), Ok("hr"));
+    assert_eq!(pick(Absent, None, "[::1]:443"), Ok("v6"));
+    assert_eq!(pick(Absent, None, "other"), Ok("fallback"));
+    // Trailing dots are not removed: no entry, so `default_app` (or nothing).
+    assert_eq!(pick(Absent, None, "hr.localhost."), Ok("fallback"));
+    assert_eq!(pick(Absent, None, "hr.localhost.:10000"), Ok("fallback"));
+    // A handed-over identity must be for the app the request goes to.
+    assert_eq!(pick(Named("crm"), Some("crm"), "x"), Ok("crm"));
+    assert_eq!(
+        pick(Named("crm"), Some("hr"), "crm.localhost"),
+        Err(AppRefusal::Mismatch)
+    );
+    assert_eq!(
+        pick(Absent, Some("crm"), "hr.localhost"),
+        Err(AppRefusal::Mismatch)
+    );
+    assert_eq!(pick(Absent, Some("crm"), "crm.localhost"), Ok("crm"));
+    assert_eq!(
+        pick(Invalid, None, "hr.localhost"),
+        Err(AppRefusal::RouteInvalid)
+    );
+    // A route naming an app without an entry is judged as that app: refused.
+    assert_eq!(pick(Named("nope"), None, "hr.localhost"), Ok("nope"));
+    let alice = user("alice");
+    let mut r = req(Some(&alice));
+    r.app = "nope";
+    assert_eq!(code(&evaluate(&config, &r)), "not_assigned");
+    let none = PolicyConfig::from_json(br#"{"apps": {"hr": {"open": true}}}"#).unwrap();
+    assert_eq!(none.select_app(Absent, None, "other"), Ok(""));
+    let e = PolicyConfig::from_json(
+        br#"{"apps": {"hr": {"open": true}}, "hosts": {"hr.localhost:80": "hr"}}"#,
+    )
+    .unwrap_err();
     assert_eq!(e.field, "hosts.hr.localhost:80");
 }
 
@@ -966,7 +1103,8 @@ fn a_path_condition_covers_every_spelling_or_the_path_is_refused() {
 #[test]
 fn an_app_loosens_its_path_rule_by_name() {
     let config = cfg(r#"{"apps": {
-              "hr": {"users": ["*"], "path_rules": {"case_sensitive": true, "allow_encoded_slash": true}}
+              "hr": {"users": ["*"], "path_rules": {"case_sensitive": true, "allow_encoded_slash": true}},
+              "wiki": {"users": ["*"]}
             },
             "policies": [{"name": "p", "apps": ["hr", "wiki"], "conditions": {"paths": ["/admin"]},
                           "grant": {"block": true}}]}"#);
@@ -986,22 +1124,26 @@ fn an_app_loosens_its_path_rule_by_name() {
     // Another app keeps the strict rule.
     assert_eq!(run("wiki", "/ADMIN"), "policy_blocked:p");
     assert_eq!(run("wiki", "/a%2Fb"), "ambiguous_path");
-    assert_eq!(run("other", "/a%2Fb"), "ambiguous_path");
+    // An app without an entry is refused before its path is looked at.
+    assert_eq!(run("other", "/a%2Fb"), "not_assigned");
 }
 
 #[test]
 fn path_prefixes_are_checked_under_the_rules_of_the_apps_they_judge() {
     let bad = [
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a;b"]}}]}"#,
+            r#"{"apps": {"x": {"users": ["*"]}},
+                "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/a;b"]}}]}"#,
             "policies[0].conditions.paths[0]",
         ),
         (
-            r#"{"policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/ok", "/a%2fb"]}}]}"#,
+            r#"{"apps": {"x": {"users": ["*"]}},
+                "policies": [{"name": "a", "apps": ["x"], "grant": {"block": true}, "conditions": {"paths": ["/ok", "/a%2fb"]}}]}"#,
             "policies[0].conditions.paths[1]",
         ),
         (
-            r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true}}},
+            // `*` judges every app of the registry: y keeps the strict rule.
+            r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true}}, "y": {"open": true}},
                 "policies": [{"name": "a", "apps": ["*"], "grant": {"block": true}, "conditions": {"paths": ["/a%2fb"]}}]}"#,
             "policies[0].conditions.paths[0]",
         ),
@@ -1014,6 +1156,12 @@ fn path_prefixes_are_checked_under_the_rules_of_the_apps_they_judge() {
         let e = PolicyConfig::from_json(json.as_bytes()).unwrap_err();
         assert_eq!(e.field, field, "{json}: {e}");
     }
+    // Loosened for every app of the registry, `*` accepts it: requests for
+    // apps without an entry are refused before any policy.
+    cfg(
+        r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true}}},
+            "policies": [{"name": "a", "apps": ["*"], "grant": {"block": true}, "conditions": {"paths": ["/a%2fb"]}}]}"#,
+    );
     // Loosened for every app the policy names: accepted.
     cfg(
         r#"{"apps": {"x": {"users": ["*"], "path_rules": {"allow_encoded_slash": true, "keep_path_parameters": true}}},
