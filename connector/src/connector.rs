@@ -1154,7 +1154,11 @@ async fn handle(
         .into_response(req.headers(), &rid);
     };
     let (parts, body) = req.into_parts();
-    let client_headers = parts.headers.clone();
+    // An error page needs only `Accept`: no copy of every header for each stream.
+    let mut client_headers = http::HeaderMap::new();
+    if let Some(accept) = parts.headers.get(header::ACCEPT) {
+        client_headers.insert(header::ACCEPT, accept.clone());
+    }
     let mut headers = parts.headers;
     forwarding::strip_hop_by_hop(&mut headers);
     headers.remove(DEFAULT_APP_HEADER);
