@@ -68,8 +68,12 @@ def router_config(b, timeout="120s", h2=False, app_header=None):
 
 
 def start_stack(root, state):
+    # The native builds, always: the stack alone would take the newer of target/native and
+    # target/debug, and a test run since the last `make build` makes the debug ones newer.
+    env = dict(os.environ, PORTCULLIS_BIN_DIR=str(root / "target/native"))
     proc = subprocess.Popen([str(root / "target/native/portcullis-stack"), str(state)],
-                            stdout=subprocess.PIPE, stderr=open(Path(state).parent / "stack.log", "w"), text=True)
+                            stdout=subprocess.PIPE, stderr=open(Path(state).parent / "stack.log", "w"), text=True,
+                            env=env)
     line = proc.stdout.readline()
     if not line:
         proc.wait()

@@ -260,6 +260,20 @@ async fn edge_binary_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(status.success());
 }
 
+/// A child process stopped (and continued, if stopped) when the test ends, even by a
+/// failed assertion.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sigterm(pid: u32) {
     assert!(Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -416,12 +430,14 @@ async fn sigterm_ends_a_connector_whose_edge_accepts_tcp_and_never_answers_tls()
     cfg.backoff_max_ms = 500;
     let path = dir.path().join("connector.json");
     std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // It keeps trying (time-out, backoff, again), not 3 attempts and a hang.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while accepted.load(std::sync::atomic::Ordering::Relaxed) < 8 {
@@ -432,8 +448,8 @@ async fn sigterm_ends_a_connector_whose_edge_accepts_tcp_and_never_answers_tls()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sigterm(child.id());
-    let took = exit_within(&mut child, Duration::from_secs(5)).await;
+    sigterm(child.0.id());
+    let took = exit_within(&mut child.0, Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(2), "{took:?}");
     held.abort();
 }
@@ -553,13 +569,15 @@ async fn a_connector_stopped_with_sigstop_is_dropped_within_10_s_and_its_reads_g
     .await;
     let frozen_dir = w.dir.path().join("frozen");
     let _ = register(&w.edge, &w.idp, &frozen_dir, "default").await;
-    let mut frozen = Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
-        .args(["run", "--state-dir"])
-        .arg(&frozen_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let frozen = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_portcullis-connector"))
+            .args(["run", "--state-dir"])
+            .arg(&frozen_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_tunnels(&w.edge, 2).await;
     let frozen_tunnels: Vec<u64> = w.edge.handle.tunnels().iter().map(|t| t.id).collect();
     let mut live_cfg = register(&w.edge, &w.idp, &w.dir.path().join("live"), "default").await;
@@ -573,7 +591,7 @@ async fn a_connector_stopped_with_sigstop_is_dropped_within_10_s_and_its_reads_g
     let live = start_connector(&live_cfg).await;
     wait_tunnels(&w.edge, 4).await;
 
-    signal(frozen.id(), "-STOP");
+    signal(frozen.0.id(), "-STOP");
     let t = std::time::Instant::now();
     let client = client();
     let mut reads = Vec::new();
@@ -610,9 +628,7 @@ async fn a_connector_stopped_with_sigstop_is_dropped_within_10_s_and_its_reads_g
         "found after {:?}",
         t.elapsed()
     );
-    signal(frozen.id(), "-CONT");
-    let _ = frozen.kill();
-    let _ = frozen.wait();
+    drop(frozen);
     live.stop().await;
     w.edge.stop().await;
 }
