@@ -1,5 +1,5 @@
 # The stable interface: every workflow is one of these targets. CI runs `make test`.
-.PHONY: test demo build bench setup lint fuzz wasm-soak
+.PHONY: test demo build bench soak setup lint fuzz wasm-soak
 
 test:
 	scripts/test.sh
@@ -24,6 +24,12 @@ bench:
 	scripts/setup-bench.sh
 	scripts/build.sh
 	scripts/bench.py $(BENCH_ARGS)
+
+# The soak under faults (scripts/soak.py; 10 minutes by default, SOAK_ARGS="--minutes 2").
+soak:
+	scripts/setup.sh
+	scripts/build.sh
+	scripts/soak.py $(SOAK_ARGS)
 
 # Every fuzz target for FUZZ_SECONDS each (default 60), nightly + cargo-fuzz (installed here).
 fuzz:

@@ -16,7 +16,9 @@ FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip1
 WORKDIR /src
 COPY . .
-RUN cargo build --locked --release \
+# The native binaries use the `native` profile (target/native): panic = unwind, so a panic
+# ends one task, not every tunnel. The wasm filters use `release` (panic = abort).
+RUN cargo build --locked --profile native \
         -p portcullis-connector --bin portcullis-edge --bin portcullis-connector \
         -p portcullis-e2e --bin sample-app \
  && cargo build --locked --release --target wasm32-wasip1 \
@@ -44,7 +46,7 @@ WORKDIR /var/lib/portcullis
 # certificate and fingerprint (not the key) to /var/lib/portcullis/edge-public, then runs
 # `portcullis-edge run`; other subcommands: `docker run --entrypoint portcullis-edge ...`.
 FROM runtime AS edge
-COPY --from=build /src/target/release/portcullis-edge /usr/local/bin/portcullis-edge
+COPY --from=build /src/target/native/portcullis-edge /usr/local/bin/portcullis-edge
 COPY docker/edge-start.sh /usr/local/bin/portcullis-edge-start
 EXPOSE 8080 8441 8442 9102
 ENTRYPOINT ["portcullis-edge-start"]
@@ -52,14 +54,14 @@ ENTRYPOINT ["portcullis-edge-start"]
 # The connector: inside the private network; dials out only. State (key, certificate, config
 # cache) in /var/lib/portcullis/connector, written by `portcullis-connector-register`.
 FROM runtime AS connector
-COPY --from=build /src/target/release/portcullis-connector /usr/local/bin/portcullis-connector
+COPY --from=build /src/target/native/portcullis-connector /usr/local/bin/portcullis-connector
 COPY docker/connector-register.sh /usr/local/bin/portcullis-connector-register
 ENTRYPOINT ["portcullis-connector"]
 CMD ["run", "--state-dir", "/var/lib/portcullis/connector"]
 
 # The demo's sample app: `sample-app ADDR NAME`; /headers echoes what it receives.
 FROM runtime AS sample-app
-COPY --from=build /src/target/release/sample-app /usr/local/bin/sample-app
+COPY --from=build /src/target/native/sample-app /usr/local/bin/sample-app
 EXPOSE 8081
 ENTRYPOINT ["sample-app"]
 CMD ["0.0.0.0:8081", "Portcullis sample app"]

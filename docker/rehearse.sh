@@ -19,8 +19,8 @@
 #
 #   docker/rehearse.sh          (scripts/check-deploy.sh --rehearse runs it)
 # Needs: make build (the .wasm files), portcullis-edge, portcullis-connector and sample-app
-# (PORTCULLIS_BIN_DIR, else target/release or target/debug), node with tests/idp's packages,
-# .tools/venv/bin/envoy, curl.
+# (PORTCULLIS_BIN_DIR, else target/native or target/debug), node with tests/idp's packages,
+# .tools/venv/bin/envoy, curl, redis-server (scripts/setup.sh installs it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -51,15 +51,15 @@ trap cleanup EXIT
 
 # The private network and files.
 ip link set lo up
-{ cat /etc/hosts; echo "127.0.0.1 idp edge app-sample app-admin envoy"; } >"$work/hosts"
+{ cat /etc/hosts; echo "127.0.0.1 idp edge app-sample app-admin envoy redis"; } >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 mount -t tmpfs tmpfs /var/lib
-mkdir -p /var/lib/portcullis/{edge,edge-public,connector,token,envoy-socket}
+mkdir -p /var/lib/portcullis/{edge,edge-public,connector,token,envoy-socket,redis}
 
 # The images' commands, from this repository.
 bins=${PORTCULLIS_BIN_DIR:-}
 if [[ -z $bins ]]; then
-  for d in target/release target/debug; do
+  for d in target/native target/debug; do
     if [[ -x $d/portcullis-edge && -x $d/portcullis-connector && -x $d/sample-app ]]; then bins=$d; break; fi
   done
 fi
@@ -95,6 +95,10 @@ start idp tests/idp node server.mjs --host 0.0.0.0 --port 9000 --issuer http://1
   --config clients.demo.json
 healthy idp node -e \
   "fetch('http://127.0.0.1:9000/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
+
+say "redis (the edge's shared store)"
+start redis /var/lib/portcullis/redis redis-server --port 6379 --appendonly yes --save "" --protected-mode no
+healthy redis redis-cli -h redis ping
 
 say "edge (docker/edge.json)"
 start edge . env PORTCULLIS_EDGE_CONFIG="$root/docker/edge.json" portcullis-edge-start

@@ -14,7 +14,7 @@ valid session cookie, the chain with 20 policies, the all-in-one module doing th
 sign-in redirect, and the callback (code exchange against a static token
 endpoint, ID token validation, session sealing) per request. Then bare Envoy,
 the chain and the oauth2 peer run at a fixed 1000 req/s with an open-loop
-generator (target/release/loadgen: latency from each request's scheduled time).
+generator (target/native/loadgen: latency from each request's scheduled time).
 
 Tunnel (scripts/bench_tunnel.py): Envoy -> app directly, through edge +
 connector, and through rathole (TLS): small requests, 100 MiB down and up, and
@@ -352,7 +352,7 @@ def start_login(port):
     raise SystemExit("sign-in did not redirect")
 
 
-# The fixed-rate comparison (open loop, target/release/loadgen).
+# The fixed-rate comparison (open loop, target/native/loadgen).
 FIXED_RATE = 1000
 FIXED_RATE_SCENARIOS = ["bare envoy", "chain (20 policies)", "all-in-one (20 policies)",
                         "native oauth2+jwt_authn+rbac(20)"]
@@ -424,7 +424,7 @@ def run_wrk(port, headers, duration, connections, path="/1k"):
     return {"rps": rps, "requests": total, "p50_us": p50, "p99_us": p99, "non2xx": errors}
 
 
-LOADGEN = ROOT / "target/release/loadgen"
+LOADGEN = ROOT / "target/native/loadgen"
 
 
 def run_loadgen(port, headers, rate, duration, connections):
@@ -491,7 +491,7 @@ def filters_plot(results, path):
 def run_filters(args, tmp, duration, rounds):
     """The filter scenarios; returns (results for the JSON file, names of scenarios with failed requests)."""
     upstream_port = free_port()
-    app = subprocess.Popen([str(ROOT / "target/release/sample-app"), f"127.0.0.1:{upstream_port}", "bench"],
+    app = subprocess.Popen([str(ROOT / "target/native/sample-app"), f"127.0.0.1:{upstream_port}", "bench"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clients = Path(tmp) / "clients.json"
     clients.write_text(json.dumps({"clients": [{"client_id": "portcullis-demo", "client_secret": "portcullis-demo-secret",
@@ -503,7 +503,7 @@ def run_filters(args, tmp, duration, rounds):
         issuer = idp.stdout.readline().strip().removeprefix("READY ")
         idp_port = int(issuer.rsplit(":", 1)[1])
         key = re.search(r'"sealing_keys": \["([^"]+)"', read_cfg("preauth.yaml")).group(1)
-        cookie = subprocess.run([str(ROOT / "target/release/mint-session"), key, "sample", "__Host-portcullis", "staff"],
+        cookie = subprocess.run([str(ROOT / "target/native/mint-session"), key, "sample", "__Host-portcullis", "staff"],
                                 check=True, capture_output=True, text=True).stdout.strip()
         time.sleep(0.3)
         bench_issuer = f"http://127.0.0.1:{free_port()}"

@@ -6,7 +6,7 @@ Three paths from one Envoy each (router only, one worker) to the same sample app
 - tunnel:   Envoy -> edge (h2c) -> connector tunnel (mTLS, HTTP/2, dialled out) -> app
 - rathole:  Envoy -> rathole server -> rathole client (TLS tunnel, dialled out) -> app
 
-The edge, the connector and the app come from `target/release/portcullis-stack`
+The edge, the connector and the app come from `target/native/portcullis-stack`
 (the whole system of `make demo` on free ports); rathole from .tools/rathole
 (`make bench` installs it from crates.io). Measured, alternating the paths
 round by round: small requests (`wrk`, req/s, p50, p99, and the CPU per request
@@ -68,8 +68,12 @@ def router_config(b, timeout="120s", h2=False, app_header=None):
 
 
 def start_stack(root, state):
-    proc = subprocess.Popen([str(root / "target/release/portcullis-stack"), str(state)],
-                            stdout=subprocess.PIPE, stderr=open(Path(state).parent / "stack.log", "w"), text=True)
+    # The native builds, always: the stack alone would take the newer of target/native and
+    # target/debug, and a test run since the last `make build` makes the debug ones newer.
+    env = dict(os.environ, PORTCULLIS_BIN_DIR=str(root / "target/native"))
+    proc = subprocess.Popen([str(root / "target/native/portcullis-stack"), str(state)],
+                            stdout=subprocess.PIPE, stderr=open(Path(state).parent / "stack.log", "w"), text=True,
+                            env=env)
     line = proc.stdout.readline()
     if not line:
         proc.wait()
@@ -88,7 +92,7 @@ def metric(port, name):
 def extra_connector(root, info, tmp, name, tunnels):
     """Registers another connector with the demo admin's token and runs it with `tunnels`
     tunnels; returns its process once the edge counts its tunnels up."""
-    bins = root / "target/release"
+    bins = root / "target/native"
     token = subprocess.run(["node", "tests/idp/admin-token.mjs", "--issuer", info["issuer"], "--user", "carol",
                             "--password", "carol-password"], cwd=root, check=True, capture_output=True,
                            text=True).stdout.strip()

@@ -49,7 +49,7 @@ docker-compose -f docker-compose.yml config >"$tmp/compose.yml"
 
 say "2. scripts/check_deploy.py"
 edge_bin=
-for d in "${PORTCULLIS_BIN_DIR:-}" target/release target/debug; do
+for d in "${PORTCULLIS_BIN_DIR:-}" target/native target/debug; do
   if [[ -n $d && -x $d/portcullis-edge ]]; then edge_bin=$d/portcullis-edge; break; fi
 done
 args=(--compose-config "$tmp/compose.yml" --self-test)

@@ -348,6 +348,7 @@ KINDS = {
     ("v1", "PersistentVolumeClaim"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }
 
 
@@ -602,15 +603,16 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin, images=None):
         if published - PUBLISHED:
             p.add(w, f"publishes {sorted(published - PUBLISHED)}, only {sorted(PUBLISHED)} may be")
 
-    private = [n for n, v in networks.items() if (v or {}).get("internal")]
+    def nets(name):
+        n = (services.get(name) or {}).get("networks") or {}
+        return set(n if isinstance(n, (list, dict)) else [])
+
+    app_nets = set().union(*[nets(n) for n in services if n.startswith("app-")] or [set()])
+    private = [n for n, v in networks.items() if (v or {}).get("internal") and n in app_nets]
     if len(private) != 1:
         p.add(where, "needs exactly one internal network for the apps")
         return
     private = private[0]
-
-    def nets(name):
-        n = (services.get(name) or {}).get("networks") or {}
-        return set(n if isinstance(n, (list, dict)) else [])
 
     apps = [n for n in services if n.startswith("app-")]
     if not apps:
@@ -668,8 +670,27 @@ def check_compose(p, compose, envoy_yaml, edge_json, edge_bin, images=None):
         elif not os.path.exists(host):
             p.add("envoy-configs/compose.yaml", f"{rel_path}: {host} does not exist")
 
-    # The Envoy config, the edge config and the services agree.
+    # The edge's shared store: Redis on a network of its own with the edge only.
     edge = json.loads(edge_json)
+    store = edge.get("store") or {}
+    if store.get("backend") != "redis":
+        p.add("docker/edge.json", "store.backend must be redis (the compose file runs a redis service)")
+    else:
+        m = re.match(r"redis://(?:[^@/]*@)?([a-z][a-z0-9-]*):(\d+)", store.get("url", ""))
+        host = m.group(1) if m else None
+        if host not in services:
+            p.add("docker/edge.json", f"store.url host {host} is no compose service")
+        else:
+            shared = nets(host) & nets("edge")
+            if not shared:
+                p.add(f"{where} service {host}", "the edge cannot reach it")
+            others = [n for n in services if n not in (host, "edge") and nets(n) & nets(host)]
+            if others:
+                p.add(f"{where} service {host}", f"only the edge may reach the store, not {sorted(others)}")
+            if "edge" in services and ((services["edge"].get("depends_on") or {}).get(host) or {}).get("condition") != "service_healthy":
+                p.add(f"{where} service edge", f"must wait for {host} to be healthy")
+
+    # The Envoy config, the edge config and the services agree.
     hosts = set(re.findall(r"address: ([a-z][a-z0-9-]*), port_value", envoy_yaml))
     for h in hosts - set(services):
         p.add("envoy-configs/compose.yaml", f"cluster address {h} is no compose service")
@@ -812,7 +833,9 @@ class Images:
                     p.add(where, f"cargo builds for {triple}, but the stage has no `rustup target add {triple}` before it")
                 pkgs = [words[k + 1] for k, w in enumerate(words) if w == "-p"]
                 bins = [words[k + 1] for k, w in enumerate(words) if w == "--bin"]
-                release = "release" if "--release" in words else "debug"
+                # `--profile native` builds into target/native (`--release` is the `release` profile).
+                release = (words[words.index("--profile") + 1] if "--profile" in words
+                           else "release" if "--release" in words else "debug")
                 tdir = f"{workdir}/target/{release}" if triple == self.HOST else f"{workdir}/target/{triple}/{release}"
                 for pkg in pkgs:
                     if pkg not in self.workspace:
@@ -1044,8 +1067,8 @@ def self_test(compose, envoy_yaml, edge_json, manifests, images):
            "rustup target add wasm32-wasip1")
     expect("not --locked", compose_problems(im=with_dockerfile(
         "cargo build --locked --release --target wasm32-wasip1", "cargo build --release --target wasm32-wasip1")), "--locked")
-    expect("unknown stage", compose_problems(im=with_dockerfile("COPY --from=build /src/target/release/sample-app",
-                                                             "COPY --from=builder /src/target/release/sample-app")),
+    expect("unknown stage", compose_problems(im=with_dockerfile("COPY --from=build /src/target/native/sample-app",
+                                                             "COPY --from=builder /src/target/native/sample-app")),
            "names no earlier stage")
     c = copy.deepcopy(compose)
     c["services"]["envoy"]["build"]["target"] = "proxy"
@@ -1073,6 +1096,15 @@ def self_test(compose, envoy_yaml, edge_json, manifests, images):
     low = json.loads(edge_json)
     low["max_request_headers_kb"] = 16
     expect("header limit", compose_problems(j=json.dumps(low)), "max_request_headers_kb")
+    embedded = json.loads(edge_json)
+    embedded["store"] = {"backend": "embedded"}
+    expect("store not shared", compose_problems(j=json.dumps(embedded)), "store.backend")
+    c = copy.deepcopy(compose)
+    c["services"]["connector"]["networks"]["store"] = None
+    expect("connector reaches the store", compose_problems(c), "only the edge may reach the store")
+    c = copy.deepcopy(compose)
+    del c["services"]["edge"]["depends_on"]["redis"]
+    expect("edge before redis", compose_problems(c), "wait for redis")
 
     ist = next(k for k in manifests if k.endswith("istio/wasmplugins.yaml"))
     eg = next(k for k in manifests if k.endswith("envoy-gateway/portcullis.yaml"))

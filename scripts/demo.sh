@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 # LAYOUT=split (make demo LAYOUT=split): one Envoy filter per stage instead of portcullis.wasm.
-exec target/release/portcullis-demo ${LAYOUT:+--layout "$LAYOUT"}
+exec target/native/portcullis-demo ${LAYOUT:+--layout "$LAYOUT"}

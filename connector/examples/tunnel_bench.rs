@@ -1,6 +1,6 @@
 //! Side-by-side measurement: direct connection vs edge + tunnel + connector.
 //!
-//! `cargo run --release -p portcullis-connector --example tunnel_bench`
+//! `cargo run --profile native -p portcullis-connector --example tunnel_bench`
 //!
 //! Everything runs on loopback. The edge and the sample app run in this process; the
 //! connector runs in a child process (this same binary, `--as-connector`), so its memory
@@ -232,6 +232,10 @@ async fn main() -> anyhow::Result<()> {
         advertised_tunnel_addresses: Vec::new(),
         app_header: "x-portcullis-app".into(),
         trusted_proxies: vec!["127.0.0.1".into()],
+        proxy_cookies: Default::default(),
+        store: Default::default(),
+        limits: Default::default(),
+        outlier: Default::default(),
         admin: AdminConfig {
             jwks_file: Some(dir.path().join("jwks.json")),
             jwks_url: None,
@@ -245,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
             groups_claim: "groups".into(),
             admin_groups: Vec::new(),
             leeway_seconds: 60,
+            registrations_per_token: 1,
         },
         groups: vec!["default".into()],
         apps: vec![AppConfig {
@@ -258,9 +263,12 @@ async fn main() -> anyhow::Result<()> {
             assertion: None,
         }],
         client_cert_days: 365,
+        connector_max_lifetime_days: 730,
         config_refresh_seconds: 300,
-        keepalive_seconds: 20,
+        keepalive_seconds: 5,
+        ping_timeout_seconds: 3,
         drain_seconds: 5,
+        connector_wait_ms: 2_000,
         max_request_headers_kb: 96,
         identity_headers: Vec::new(),
     };

@@ -37,9 +37,25 @@ pub struct EdgeConfigFile {
     /// Request header that names the published app.
     #[serde(default = "default_app_header")]
     pub app_header: String,
-    /// Peers whose `X-Forwarded-*` headers are trusted on the local listener.
+    /// Peers whose `X-Forwarded-*` headers and request id are trusted on Envoy's
+    /// TCP listeners: addresses or CIDRs (`10.0.0.0/8`, `fd00::/8`).
     #[serde(default = "default_trusted_proxies")]
     pub trusted_proxies: Vec<String>,
+    /// The proxy's own cookies (never forwarded to apps): the same names and
+    /// prefixes as the cookie filter's `proxy_cookies` (default `__Host-portcullis`,
+    /// prefix `portcullis`).
+    #[serde(default)]
+    pub proxy_cookies: ProxyCookiesConfig,
+    /// Where the state every edge replica shares lives (connector registry,
+    /// revocations, admin-token uses).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Limits of the exposed ports (time-outs, connection caps, registration rate).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Taking failing connectors out of rotation.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
     /// Rules for admin tokens at registration.
     pub admin: AdminConfig,
     /// Connector groups.
@@ -50,15 +66,26 @@ pub struct EdgeConfigFile {
     /// Validity of issued connector certificates, in days.
     #[serde(default = "default_cert_days")]
     pub client_cert_days: u32,
+    /// Absolute lifetime of a connector identity from its registration, in days:
+    /// renewals never issue a certificate past it; then the connector registers again.
+    #[serde(default = "default_max_lifetime_days")]
+    pub connector_max_lifetime_days: u32,
     /// How often connectors should refresh their configuration, in seconds.
     #[serde(default = "default_refresh")]
     pub config_refresh_seconds: u64,
     /// HTTP/2 keepalive ping interval on tunnels, in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_seconds: u64,
+    /// Time a keepalive ping may go unanswered before the tunnel is dropped, in seconds.
+    #[serde(default = "default_ping_timeout")]
+    pub ping_timeout_seconds: u64,
     /// Grace period for requests in flight at shutdown, in seconds.
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// How long a request waits for a tunnel of its group when none is up (a
+    /// connector reconnecting, the edge just restarted), in milliseconds; 0 = none.
+    #[serde(default = "default_connector_wait_ms")]
+    pub connector_wait_ms: u64,
     /// Largest request header block accepted from Envoy, in KiB (at least Envoy's
     /// default `max_request_headers_kb`, 60).
     #[serde(default = "default_max_request_headers_kb")]
@@ -209,6 +236,175 @@ pub struct AdminConfig {
     /// Clock skew allowed on `exp`/`nbf`/`iat`, in seconds (at most 60).
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// How many connectors one admin token may register (by its `jti`, or its
+    /// hash without one), counted in the shared store until the token expires.
+    #[serde(default = "default_registrations_per_token")]
+    pub registrations_per_token: u32,
+}
+
+/// The proxy's own cookie names and prefixes (as in the cookie filter).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyCookiesConfig {
+    /// Exact names (a `__Host-`/`__Secure-` prefix is ignored when comparing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    /// Name prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes: Option<Vec<String>>,
+}
+
+impl ProxyCookiesConfig {
+    /// The validated names (`field` names the configuration field in errors).
+    pub fn validate(
+        &self,
+        field: &str,
+    ) -> Result<portcullis_core::cookies::ProxyCookieNames, ConfigError> {
+        match (&self.names, &self.prefixes) {
+            (None, None) => Ok(portcullis_core::cookies::ProxyCookieNames::default()),
+            (n, p) => portcullis_core::cookies::ProxyCookieNames::new(
+                field,
+                n.as_deref().unwrap_or_default(),
+                p.as_deref().unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// The shared store: `embedded` (a file in the state directory; one edge process)
+/// or `redis` (every replica of a fleet on one server).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (default) or `redis`.
+    #[serde(default = "default_store_backend")]
+    pub backend: String,
+    /// Embedded: the database file (default `<state_dir>/store.redb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Redis: `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Redis: prefix of every key (default `portcullis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Time allowed to reach the store at start-up and for each operation, ms.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// A URL with its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_store_backend(),
+            path: None,
+            url: None,
+            prefix: None,
+            timeout_ms: default_store_timeout_ms(),
+        }
+    }
+}
+
+/// Limits of the edge's exposed ports. Connections that have not authenticated
+/// (TLS handshakes on the tunnel port, everything on the registration port) share
+/// a budget apart from authenticated tunnels, and Envoy's listener has neither
+/// limit, so neither a flood of idle sockets nor slow handshakes lock out real
+/// connectors or Envoy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time a client has to finish its TLS handshake (tunnel and registration ports), ms.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Time a client of the registration port and the connectors' API has to send
+    /// a request's headers (also the idle time allowed between requests), ms.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Unauthenticated connections at once, all sources (default: a quarter of
+    /// the descriptor limit).
+    #[serde(default)]
+    pub max_pending_connections: Option<usize>,
+    /// Unauthenticated connections at once from one source address.
+    #[serde(default = "default_pending_per_source")]
+    pub max_pending_per_source: usize,
+    /// Authenticated tunnels and API connections at once (default: half of the
+    /// descriptor limit).
+    #[serde(default)]
+    pub max_tunnels: Option<usize>,
+    /// Authenticated connections at once of one connector id.
+    #[serde(default = "default_tunnels_per_connector")]
+    pub max_tunnels_per_connector: usize,
+    /// Requests to the registration port (registration and admin API) per minute
+    /// from one source address (a burst of a third of it, at least 5, is allowed).
+    #[serde(default = "default_registration_rate")]
+    pub registrations_per_minute_per_source: u32,
+    /// Registration-port requests handled at once (token checks, signing); more are
+    /// refused with 503 `registration_busy`.
+    #[serde(default = "default_registration_concurrency")]
+    pub max_concurrent_registrations: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            max_pending_connections: None,
+            max_pending_per_source: default_pending_per_source(),
+            max_tunnels: None,
+            max_tunnels_per_connector: default_tunnels_per_connector(),
+            registrations_per_minute_per_source: default_registration_rate(),
+            max_concurrent_registrations: default_registration_concurrency(),
+        }
+    }
+}
+
+/// Outlier ejection: a connector whose tunnels keep failing is taken out of
+/// rotation for a while (longer each time), as long as another one is healthy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive gateway errors (tunnel failures, 502/503/504) that eject a connector.
+    #[serde(default = "default_consecutive_errors")]
+    pub consecutive_errors: u32,
+    /// First ejection, ms; each further ejection doubles it.
+    #[serde(default = "default_base_ejection_ms")]
+    pub base_ejection_ms: u64,
+    /// Longest ejection, ms.
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: default_consecutive_errors(),
+            base_ejection_ms: default_base_ejection_ms(),
+            max_ejection_ms: default_max_ejection_ms(),
+        }
+    }
 }
 
 /// One published app reached through a connector group.
@@ -242,6 +438,51 @@ pub struct AppConfig {
 fn default_max_request_headers_kb() -> u32 {
     96
 }
+fn default_max_lifetime_days() -> u32 {
+    730
+}
+fn default_ping_timeout() -> u64 {
+    3
+}
+fn default_connector_wait_ms() -> u64 {
+    2_000
+}
+fn default_registrations_per_token() -> u32 {
+    1
+}
+fn default_store_backend() -> String {
+    "embedded".into()
+}
+fn default_store_timeout_ms() -> u64 {
+    3_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_header_read_timeout_ms() -> u64 {
+    5_000
+}
+fn default_pending_per_source() -> usize {
+    16
+}
+fn default_tunnels_per_connector() -> usize {
+    256
+}
+fn default_registration_rate() -> u32 {
+    60
+}
+fn default_registration_concurrency() -> usize {
+    8
+}
+fn default_consecutive_errors() -> u32 {
+    3
+}
+fn default_base_ejection_ms() -> u64 {
+    5_000
+}
+fn default_max_ejection_ms() -> u64 {
+    60_000
+}
 fn default_assertion_skew() -> u64 {
     60
 }
@@ -265,7 +506,7 @@ fn default_refresh() -> u64 {
     300
 }
 fn default_keepalive() -> u64 {
-    20
+    5
 }
 fn default_drain() -> u64 {
     30
@@ -318,6 +559,12 @@ pub struct EdgeSettings {
     pub server_names: Vec<String>,
     /// Addresses handed to connectors (empty: the bound tunnel address).
     pub advertised_tunnel_addresses: Vec<String>,
+    /// The shared store.
+    pub store: crate::store::StoreSettings,
+    /// Time allowed to reach the store.
+    pub store_timeout: Duration,
+    /// Port limits.
+    pub limits: LimitsConfig,
     /// Everything that can change on reload.
     pub dynamic: EdgeDynamic,
 }
@@ -327,8 +574,12 @@ pub struct EdgeSettings {
 pub struct EdgeDynamic {
     /// Lower-case app header name.
     pub app_header: http::HeaderName,
-    /// Trusted proxy addresses.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The proxy's own cookies.
+    pub proxy_cookies: portcullis_core::cookies::ProxyCookieNames,
+    /// The same, as configured (sent to connectors).
+    pub proxy_cookies_config: ProxyCookiesConfig,
     /// Admin token rules.
     pub admin: AdminConfig,
     /// Groups.
@@ -337,12 +588,20 @@ pub struct EdgeDynamic {
     pub apps: BTreeMap<String, AppSettings>,
     /// Issued certificate validity.
     pub client_cert_days: u32,
+    /// Absolute lifetime of a connector identity.
+    pub max_lifetime: Duration,
     /// Refresh interval told to connectors.
     pub config_refresh: Duration,
     /// Keepalive interval.
     pub keepalive: Duration,
+    /// Time a keepalive ping may go unanswered.
+    pub ping_timeout: Duration,
     /// Drain grace.
     pub drain: Duration,
+    /// Wait for a tunnel when none of the group is up.
+    pub connector_wait: Duration,
+    /// Outlier ejection.
+    pub outlier: OutlierConfig,
     /// Identity assertion rules by app name (apps without one get none).
     pub assertions: BTreeMap<String, Arc<crate::identity::AssertionRules>>,
     /// Header names (lower-case, `-` spelling) stripped from every request.
@@ -380,6 +639,17 @@ fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
             format!("`{s}` is not an address like 127.0.0.1:8080"),
         )
     })
+}
+
+/// Parses an address (`10.0.0.1`, a host network) or a CIDR (`10.0.0.0/8`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ipnet::IpNet::from(ip));
+    }
+    let net = s.parse::<ipnet::IpNet>().ok()?;
+    // `10.0.0.1/8` is a typo for `10.0.0.0/8` or for one host: refuse it.
+    (net.network() == net.addr()).then_some(net)
 }
 
 /// Decodes an SPKI pin (base64 with or without a `sha256/` prefix, or 64 hex digits).
@@ -490,7 +760,106 @@ impl EdgeConfigFile {
                 ));
             }
         }
+        let store = match self.store.backend.as_str() {
+            "embedded" => {
+                if self.store.url.is_some() || self.store.prefix.is_some() {
+                    return Err(ConfigError::new(
+                        "store.url",
+                        "url and prefix are for the redis backend",
+                    ));
+                }
+                crate::store::StoreSettings::Embedded {
+                    path: self
+                        .store
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| self.state_dir.join("store.redb")),
+                }
+            }
+            "redis" => {
+                if self.store.path.is_some() {
+                    return Err(ConfigError::new(
+                        "store.path",
+                        "path is for the embedded backend",
+                    ));
+                }
+                let url = self.store.url.clone().ok_or_else(|| {
+                    ConfigError::new("store.url", "the redis backend needs a url")
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                    return Err(ConfigError::new(
+                        "store.url",
+                        "must start with redis:// or redis+unix://",
+                    ));
+                }
+                if redis::Client::open(url.as_str()).is_err() {
+                    return Err(ConfigError::new("store.url", "not a valid Redis URL"));
+                }
+                let prefix = self
+                    .store
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "portcullis".into());
+                if !valid_name(&prefix) {
+                    return Err(ConfigError::new(
+                        "store.prefix",
+                        "use letters, digits, - _ . (≤ 64)",
+                    ));
+                }
+                crate::store::StoreSettings::Redis { url, prefix }
+            }
+            other => {
+                return Err(ConfigError::new(
+                    "store.backend",
+                    format!("`{other}`: use embedded or redis"),
+                ))
+            }
+        };
+        if !(100..=600_000).contains(&self.store.timeout_ms) {
+            return Err(ConfigError::new(
+                "store.timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+        ] {
+            if !(100..=300_000).contains(&v) {
+                return Err(ConfigError::new(field, "must be between 100 and 300000"));
+            }
+        }
+        for (field, v) in [
+            ("limits.max_pending_connections", l.max_pending_connections),
+            ("limits.max_tunnels", l.max_tunnels),
+            (
+                "limits.max_pending_per_source",
+                Some(l.max_pending_per_source),
+            ),
+            (
+                "limits.max_tunnels_per_connector",
+                Some(l.max_tunnels_per_connector),
+            ),
+            (
+                "limits.max_concurrent_registrations",
+                Some(l.max_concurrent_registrations),
+            ),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        if l.registrations_per_minute_per_source == 0 {
+            return Err(ConfigError::new(
+                "limits.registrations_per_minute_per_source",
+                "must be at least 1",
+            ));
+        }
         Ok(EdgeSettings {
+            store,
+            store_timeout: Duration::from_millis(self.store.timeout_ms),
+            limits: l.clone(),
             state_dir: self.state_dir.clone(),
             registration_listen,
             tunnel_listen,
@@ -511,10 +880,14 @@ impl EdgeConfigFile {
                 .map_err(|_| ConfigError::new("app_header", "not a valid header name"))?;
         let mut trusted_proxies = Vec::new();
         for (i, p) in self.trusted_proxies.iter().enumerate() {
-            trusted_proxies.push(p.parse::<IpAddr>().map_err(|_| {
-                ConfigError::new(format!("trusted_proxies[{i}]"), "not an IP address")
+            trusted_proxies.push(parse_net(p).ok_or_else(|| {
+                ConfigError::new(
+                    format!("trusted_proxies[{i}]"),
+                    "not an IP address or CIDR (like 10.0.0.0/8)",
+                )
             })?);
         }
+        let proxy_cookies = self.proxy_cookies.validate("proxy_cookies")?;
         let a = &self.admin;
         match (&a.jwks_file, &a.jwks_url) {
             (None, None) => {
@@ -563,6 +936,12 @@ impl EdgeConfigFile {
         }
         if a.leeway_seconds > 60 {
             return Err(ConfigError::new("admin.leeway_seconds", "at most 60"));
+        }
+        if a.registrations_per_token == 0 {
+            return Err(ConfigError::new(
+                "admin.registrations_per_token",
+                "must be at least 1",
+            ));
         }
         if self.groups.is_empty() {
             return Err(ConfigError::new(
@@ -624,16 +1003,51 @@ impl EdgeConfigFile {
         if self.keepalive_seconds == 0 {
             return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
         }
+        if self.ping_timeout_seconds == 0 || self.ping_timeout_seconds > self.keepalive_seconds * 4
+        {
+            return Err(ConfigError::new(
+                "ping_timeout_seconds",
+                "must be at least 1 and at most 4 × keepalive_seconds",
+            ));
+        }
+        if self.connector_max_lifetime_days < self.client_cert_days {
+            return Err(ConfigError::new(
+                "connector_max_lifetime_days",
+                "must be at least client_cert_days",
+            ));
+        }
+        if self.connector_wait_ms > 60_000 {
+            return Err(ConfigError::new("connector_wait_ms", "at most 60000"));
+        }
+        let o = &self.outlier;
+        if o.consecutive_errors == 0 {
+            return Err(ConfigError::new(
+                "outlier.consecutive_errors",
+                "must be at least 1",
+            ));
+        }
+        if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
+            return Err(ConfigError::new(
+                "outlier.max_ejection_ms",
+                "base_ejection_ms must be ≥ 1 and max_ejection_ms ≥ base_ejection_ms",
+            ));
+        }
         Ok(EdgeDynamic {
             app_header,
             trusted_proxies,
+            proxy_cookies,
+            proxy_cookies_config: self.proxy_cookies.clone(),
             admin: a.clone(),
             groups,
             apps,
             client_cert_days: self.client_cert_days,
+            max_lifetime: Duration::from_secs(u64::from(self.connector_max_lifetime_days) * 86_400),
             config_refresh: Duration::from_secs(self.config_refresh_seconds),
             keepalive: Duration::from_secs(self.keepalive_seconds),
+            ping_timeout: Duration::from_secs(self.ping_timeout_seconds),
+            outlier: self.outlier.clone(),
             drain: Duration::from_secs(self.drain_seconds),
+            connector_wait: Duration::from_millis(self.connector_wait_ms),
             assertions,
             identity_headers: {
                 identity_headers.sort();
@@ -761,6 +1175,13 @@ pub struct ConnectorConfigFile {
     /// HTTP/2 keepalive ping interval, in seconds.
     #[serde(default = "default_keepalive")]
     pub keepalive_seconds: u64,
+    /// Time a keepalive ping may go unanswered before the tunnel is dropped, in seconds.
+    #[serde(default = "default_ping_timeout")]
+    pub ping_timeout_seconds: u64,
+    /// Time allowed to each step of reaching the edge (TCP connect, TLS handshake,
+    /// HTTP/2 handshake, an API answer), in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
     /// First reconnect delay, in milliseconds.
     #[serde(default = "default_backoff_initial")]
     pub backoff_initial_ms: u64,
@@ -778,6 +1199,9 @@ pub struct ConnectorConfigFile {
     pub metrics_listen: Option<String>,
 }
 
+fn default_connect_timeout() -> u64 {
+    10
+}
 fn default_server_name() -> String {
     "localhost".into()
 }
@@ -819,6 +1243,10 @@ pub struct ConnectorSettings {
     pub config_refresh: Option<Duration>,
     /// Keepalive.
     pub keepalive: Duration,
+    /// Ping answer time-out.
+    pub ping_timeout: Duration,
+    /// Time allowed to each step of reaching the edge.
+    pub connect_timeout: Duration,
     /// First backoff.
     pub backoff_initial: Duration,
     /// Backoff cap.
@@ -853,6 +1281,8 @@ impl ConnectorConfigFile {
             renew_check_seconds: default_renew_check(),
             config_refresh_seconds: None,
             keepalive_seconds: default_keepalive(),
+            ping_timeout_seconds: default_ping_timeout(),
+            connect_timeout_seconds: default_connect_timeout(),
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
             drain_seconds: default_drain(),
@@ -909,6 +1339,19 @@ impl ConnectorConfigFile {
         if self.keepalive_seconds == 0 {
             return Err(ConfigError::new("keepalive_seconds", "must be at least 1"));
         }
+        if self.ping_timeout_seconds == 0 || self.ping_timeout_seconds > self.keepalive_seconds * 4
+        {
+            return Err(ConfigError::new(
+                "ping_timeout_seconds",
+                "must be at least 1 and at most 4 × keepalive_seconds",
+            ));
+        }
+        if !(1..=300).contains(&self.connect_timeout_seconds) {
+            return Err(ConfigError::new(
+                "connect_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             return Err(ConfigError::new(
                 "backoff_max_ms",
@@ -943,6 +1386,8 @@ impl ConnectorConfigFile {
             renew_check: Duration::from_secs(self.renew_check_seconds),
             config_refresh: self.config_refresh_seconds.map(Duration::from_secs),
             keepalive: Duration::from_secs(self.keepalive_seconds),
+            ping_timeout: Duration::from_secs(self.ping_timeout_seconds),
+            connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
             backoff_initial: Duration::from_millis(self.backoff_initial_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             drain: Duration::from_secs(self.drain_seconds),
@@ -955,6 +1400,49 @@ impl ConnectorConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidrs_and_refuse_host_bits() {
+        let net = parse_net("10.0.0.0/8").unwrap();
+        assert!(net.contains(&"10.42.7.3".parse::<IpAddr>().unwrap()));
+        assert!(!net.contains(&"11.0.0.1".parse::<IpAddr>().unwrap()));
+        let host = parse_net("127.0.0.1").unwrap();
+        assert!(host.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(!host.contains(&"127.0.0.2".parse::<IpAddr>().unwrap()));
+        assert!(parse_net("fd00::/8")
+            .unwrap()
+            .contains(&"fd12::1".parse::<IpAddr>().unwrap()));
+        assert_eq!(parse_net("10.0.0.1/8"), None, "host bits set");
+        assert_eq!(parse_net("10.0.0.0/33"), None);
+        assert_eq!(parse_net("pod-network"), None);
+    }
+
+    #[test]
+    fn liveness_defaults_find_a_silent_peer_within_ten_seconds() {
+        let c = ConnectorConfigFile::with_defaults("/x".into(), vec!["e:1".into()], "e".into())
+            .validate()
+            .unwrap();
+        assert!(c.keepalive + c.ping_timeout + Duration::from_secs(1) <= Duration::from_secs(10));
+        assert!(
+            c.ping_timeout < c.keepalive,
+            "a separate, shorter ping time-out"
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_in_debug_output() {
+        assert_eq!(
+            redact_url("redis://edge:s3cret@redis:6379/0"),
+            "redis://edge:***@redis:6379/0"
+        );
+        assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
+        let c = StoreConfig {
+            backend: "redis".into(),
+            url: Some("redis://u:pw@h:1".into()),
+            ..StoreConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("pw"));
+    }
 
     #[test]
     fn pins_decode_from_base64_prefixed_base64_or_hex() {

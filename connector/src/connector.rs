@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -28,18 +28,23 @@ use crate::backend::Backend;
 use crate::body::{boxed, empty, full, BoxBody, OnDrop, Tracked};
 use crate::config::{ConnectorConfigFile, ConnectorSettings};
 use crate::denial::Denial;
-use crate::edge::{ConnectorView, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
+use crate::forwarding;
 use crate::liveness::{Liveness, Watched};
 use crate::metrics::Metrics;
 use crate::pki::{self, ConnectorIdentity, PkiError};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::wire::{ConnectorView, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
 use crate::{API_ALPN, DEFAULT_APP_HEADER, REQUEST_ID_HEADER, TUNNEL_ALPN};
 
 /// Files in the connector's state directory.
 pub mod files {
-    /// Private key (mode 0600).
+    /// Private key and certificate chain in one PEM file (mode 0600), replaced in
+    /// one atomic step so a crash never leaves a key without its certificate.
+    pub const IDENTITY: &str = "identity.pem";
+    /// Private key of connectors registered before `identity.pem` (read if
+    /// `identity.pem` is missing; removed at the first renewal).
     pub const KEY: &str = "key.pem";
-    /// Client certificate (mode 0600).
+    /// Client certificate of such connectors.
     pub const CERT: &str = "cert.pem";
     /// The edge's connector CA (trust anchor for the tunnel listener).
     pub const EDGE_CA: &str = "edge-ca.pem";
@@ -148,7 +153,33 @@ fn client_config(
     Ok(config)
 }
 
+/// Default time allowed to each step of an edge call (registration).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP connect and TLS handshake to the edge, each within `step`.
+async fn edge_tls(
+    addr: &str,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    step: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = tokio::time::timeout(step, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("TCP connect not done within {step:?}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    tokio::time::timeout(
+        step,
+        tokio_rustls::TlsConnector::from(config).connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| format!("TLS handshake not done within {step:?}"))?
+    .map_err(|e| format!("TLS: {e}"))
+}
+
 /// One HTTP/1.1 request over TLS to `addr`; the answer's status and body (≤ 1 MiB).
+/// Each step (connect, handshake, answer, body) has `step` at most.
+#[allow(clippy::too_many_arguments)]
 async fn tls_request(
     addr: &str,
     server_name: ServerName<'static>,
@@ -157,22 +188,22 @@ async fn tls_request(
     path: &str,
     bearer: Option<&str>,
     body: Option<Vec<u8>>,
+    step: Duration,
 ) -> Result<(StatusCode, Bytes), ConnectorError> {
     let unreachable = |reason: String| ConnectorError::EdgeUnreachable {
         addr: addr.to_string(),
         reason,
     };
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+    let tls = edge_tls(addr, server_name, config, step)
         .await
-        .map_err(|_| unreachable("connect timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unreachable(format!("TLS: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(crate::error_chain(&e)))?;
+        .map_err(unreachable)?;
+    let (mut sender, conn) = tokio::time::timeout(
+        step,
+        hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls)),
+    )
+    .await
+    .map_err(|_| unreachable("HTTP handshake timed out".into()))?
+    .map_err(|e| unreachable(crate::error_chain(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -191,15 +222,15 @@ async fn tls_request(
         None => req.body(empty()),
     }
     .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
-    let resp = tokio::time::timeout(Duration::from_secs(15), sender.send_request(req))
+    let resp = tokio::time::timeout(step, sender.send_request(req))
         .await
-        .map_err(|_| unreachable("no answer within 15 s".into()))?
+        .map_err(|_| unreachable(format!("no answer within {step:?}")))?
         .map_err(|e| unreachable(format!("request failed: {}", crate::error_chain(&e))))?;
     let status = resp.status();
     let collect = http_body_util::Limited::new(resp.into_body(), 1 << 20).collect();
-    let bytes = tokio::time::timeout(Duration::from_secs(15), collect)
+    let bytes = tokio::time::timeout(step, collect)
         .await
-        .map_err(|_| unreachable("answer body not received within 15 s".into()))?
+        .map_err(|_| unreachable(format!("answer body not received within {step:?}")))?
         .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     Ok((status, bytes))
@@ -222,48 +253,132 @@ fn refused(status: StatusCode, body: &[u8]) -> ConnectorError {
     }
 }
 
+/// The edge's registration port (also its admin API), as a client reaches it.
+#[derive(Debug, Clone)]
+pub struct EdgeEndpoint {
+    addr: String,
+    host: String,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+}
+
+impl EdgeEndpoint {
+    /// `url` is `https://host:port`; the edge is trusted as `trust` says.
+    pub fn new(url: &str, trust: &EdgeTrust) -> Result<Self, ConnectorError> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| ConnectorError::Invalid(format!("--edge {url} is not a URL")))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(ConnectorError::Invalid(
+                "--edge must be an https:// URL".into(),
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectorError::Invalid("--edge has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| ConnectorError::Invalid(format!("bad edge host {host}")))?;
+        let config = match trust {
+            EdgeTrust::CaFile(path) => {
+                let pem = std::fs::read_to_string(path).map_err(io_err(path))?;
+                let mut roots = RootCertStore::empty();
+                for c in pki::parse_certs_pem(&pem)? {
+                    roots.add(c).map_err(PkiError::from)?;
+                }
+                client_config(roots, None, None, API_ALPN)?
+            }
+            EdgeTrust::Fingerprint(fp) => client_config(
+                RootCertStore::empty(),
+                Some(Arc::new(pki::CaFingerprintVerifier::new(fp))),
+                None,
+                API_ALPN,
+            )?,
+        };
+        Ok(Self {
+            addr,
+            host,
+            server_name,
+            config: Arc::new(config),
+        })
+    }
+
+    /// One admin-API call with `token`: the answer's JSON, or the edge's refusal.
+    pub async fn admin_call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ConnectorError> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let (status, bytes) = tls_request(
+            &self.addr,
+            self.server_name.clone(),
+            self.config.clone(),
+            method,
+            path,
+            Some(token),
+            body,
+            STEP_TIMEOUT,
+        )
+        .await?;
+        if status != StatusCode::OK {
+            return Err(refused(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ConnectorError::Invalid(format!("bad answer from the edge: {e}")))
+    }
+
+    /// `GET /v1/connectors`.
+    pub async fn list_connectors(
+        &self,
+        token: &str,
+    ) -> Result<crate::wire::ConnectorList, ConnectorError> {
+        let v = self
+            .admin_call(token, Method::GET, "/v1/connectors", None)
+            .await?;
+        serde_json::from_value(v)
+            .map_err(|e| ConnectorError::Invalid(format!("bad answer from the edge: {e}")))
+    }
+
+    /// `POST /v1/connectors/<id>/revoke`.
+    pub async fn revoke_connector(
+        &self,
+        token: &str,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<serde_json::Value, ConnectorError> {
+        let body = serde_json::to_value(crate::wire::RevokeRequest { reason })
+            .map_err(|e| ConnectorError::Invalid(e.to_string()))?;
+        self.admin_call(
+            token,
+            Method::POST,
+            &format!("/v1/connectors/{id}/revoke"),
+            Some(body),
+        )
+        .await
+    }
+}
+
 /// Registers with the edge: makes a key pair and CSR, presents the admin token, stores
 /// key and certificate (0600), the edge CA and a `connector.json` (if none exists).
 pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, ConnectorError> {
-    let uri: http::Uri = opts
-        .edge_url
-        .parse()
-        .map_err(|_| ConnectorError::Invalid(format!("--edge {} is not a URL", opts.edge_url)))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(ConnectorError::Invalid(
-            "--edge must be an https:// URL".into(),
-        ));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| ConnectorError::Invalid("--edge has no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| ConnectorError::Invalid(format!("bad edge host {host}")))?;
-    let config = match &opts.trust {
-        EdgeTrust::CaFile(path) => {
-            let pem = std::fs::read_to_string(path).map_err(io_err(path))?;
-            let mut roots = RootCertStore::empty();
-            for c in pki::parse_certs_pem(&pem)? {
-                roots.add(c).map_err(PkiError::from)?;
-            }
-            client_config(roots, None, None, API_ALPN)?
-        }
-        EdgeTrust::Fingerprint(fp) => client_config(
-            RootCertStore::empty(),
-            Some(Arc::new(pki::CaFingerprintVerifier::new(fp))),
-            None,
-            API_ALPN,
-        )?,
-    };
+    let endpoint = EdgeEndpoint::new(&opts.edge_url, &opts.trust)?;
+    let (addr, host, server_name, config) = (
+        endpoint.addr.clone(),
+        endpoint.host.clone(),
+        endpoint.server_name.clone(),
+        endpoint.config.clone(),
+    );
     let (key_pem, csr_pem) = pki::new_key_and_csr("portcullis-connector")?;
     let body = serde_json::to_vec(&RegisterRequest {
         csr_pem,
@@ -273,11 +388,12 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, Connec
     let (status, bytes) = tls_request(
         &addr,
         server_name,
-        Arc::new(config),
+        config,
         Method::POST,
         "/v1/register",
         Some(&opts.token),
         Some(body),
+        STEP_TIMEOUT,
     )
     .await?;
     if status != StatusCode::OK {
@@ -287,8 +403,7 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, Connec
         .map_err(|e| ConnectorError::Invalid(format!("bad registration answer: {e}")))?;
     let dir = &opts.state_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    pki::write_private(&dir.join(files::KEY), key_pem.as_bytes())?;
-    pki::write_private(&dir.join(files::CERT), resp.certificate_pem.as_bytes())?;
+    write_identity(dir, &key_pem, &resp.certificate_pem)?;
     std::fs::write(dir.join(files::EDGE_CA), &resp.ca_pem)
         .map_err(io_err(&dir.join(files::EDGE_CA)))?;
     let cfg_path = dir.join(files::CONFIG);
@@ -301,6 +416,20 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterResponse, Connec
     }
     info!(connector_id = %resp.connector_id, group = %resp.group, "registered");
     Ok(resp)
+}
+
+/// Replaces the key and certificate in one atomic step (`identity.pem`, mode 0600),
+/// then removes the files of the older layout.
+fn write_identity(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), ConnectorError> {
+    let mut both = String::with_capacity(key_pem.len() + cert_pem.len() + 1);
+    both.push_str(key_pem.trim_end());
+    both.push('\n');
+    both.push_str(cert_pem);
+    pki::write_private(&dir.join(files::IDENTITY), both.as_bytes())?;
+    for old in [files::KEY, files::CERT] {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(())
 }
 
 /// The connector's current certificate and the TLS configurations built from it.
@@ -320,13 +449,13 @@ fn load_identity(
         std::fs::read_to_string(&p)
             .map_err(|e| ConnectorError::NotRegistered(format!("{}: {e}", p.display())))
     };
-    let cert_pem = match cert_pem {
-        Some(c) => c.to_string(),
-        None => read(files::CERT)?,
-    };
-    let key_pem = match key_pem {
-        Some(k) => k.to_string(),
-        None => read(files::KEY)?,
+    let (cert_pem, key_pem) = match (cert_pem, key_pem) {
+        (Some(c), Some(k)) => (c.to_string(), k.to_string()),
+        _ if dir.join(files::IDENTITY).exists() => {
+            let both = read(files::IDENTITY)?;
+            (both.clone(), both)
+        }
+        _ => (read(files::CERT)?, read(files::KEY)?),
     };
     let ca_pem = read(files::EDGE_CA)?;
     let chain = pki::parse_certs_pem(&cert_pem)?;
@@ -367,6 +496,10 @@ struct ConnState {
     metrics: Arc<Metrics>,
     clock: Clock,
     last_on_demand: Mutex<Option<Instant>>,
+    proxy_cookies: RwLock<Arc<portcullis_core::cookies::ProxyCookieNames>>,
+    /// Set when the edge said this connector is revoked: everything stops.
+    revoked: Mutex<Option<String>>,
+    stop: ShutdownTrigger,
 }
 
 impl ConnState {
@@ -404,6 +537,14 @@ impl ConnState {
         if let Ok(mut b) = self.backends.write() {
             *b = Arc::new(map);
         }
+        match view.proxy_cookies.validate("proxy_cookies") {
+            Ok(names) => {
+                if let Ok(mut p) = self.proxy_cookies.write() {
+                    *p = Arc::new(names);
+                }
+            }
+            Err(e) => warn!("proxy cookie names from the edge unusable, keeping the old ones: {e}"),
+        }
         if let Ok(mut v) = self.view.write() {
             *v = Some(view);
         }
@@ -427,6 +568,7 @@ impl ConnState {
                 path,
                 None,
                 body.clone(),
+                self.settings.connect_timeout,
             )
             .await
             {
@@ -476,9 +618,7 @@ impl ConnState {
             Some(&resp.certificate_pem),
             Some(&key_pem),
         )?;
-        let dir = &self.settings.state_dir;
-        pki::write_private(&dir.join(files::KEY), key_pem.as_bytes())?;
-        pki::write_private(&dir.join(files::CERT), resp.certificate_pem.as_bytes())?;
+        write_identity(&self.settings.state_dir, &key_pem, &resp.certificate_pem)?;
         info!(serial = %new.info.serial, "certificate renewed; rolling tunnels over");
         if let Ok(mut i) = self.identity.write() {
             *i = Arc::new(new);
@@ -487,6 +627,15 @@ impl ConnState {
         self.generation.send_modify(|g| *g += 1);
         Ok(())
     }
+}
+
+/// Why a connector stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was asked for (and streams drained).
+    Shutdown,
+    /// The edge refused it as revoked (`connector_revoked`): register a new one.
+    Revoked(String),
 }
 
 /// A running connector.
@@ -514,6 +663,11 @@ impl ConnectorHandle {
         self.state.identity().info.serial.clone()
     }
 
+    /// End of validity of the certificate in use.
+    pub fn cert_not_after(&self) -> SystemTime {
+        self.state.identity().info.not_after
+    }
+
     /// The configuration in use (pulled or cached).
     pub fn config(&self) -> Option<ConnectorView> {
         self.state.view.read().ok().and_then(|v| v.clone())
@@ -524,9 +678,14 @@ impl ConnectorHandle {
         self.state.metrics.clone()
     }
 
-    /// Waits until the connector has drained and stopped.
-    pub async fn wait(self) {
+    /// Waits until the connector has drained and stopped, and says why.
+    pub async fn wait(self) -> Stopped {
         let _ = self.task.await;
+        let revoked = self.state.revoked.lock().ok().and_then(|r| r.clone());
+        match revoked {
+            Some(why) => Stopped::Revoked(why),
+            None => Stopped::Shutdown,
+        }
     }
 
     /// Stops at once, without draining (tests: a crashed connector).
@@ -545,8 +704,14 @@ pub async fn start(
 
 /// Starts the connector and runs it until `shutdown` fires and streams have drained.
 pub async fn run(settings: ConnectorSettings, shutdown: Shutdown) -> Result<(), ConnectorError> {
-    start(settings, shutdown).await?.wait().await;
-    Ok(())
+    match start(settings, shutdown).await?.wait().await {
+        Stopped::Shutdown => Ok(()),
+        Stopped::Revoked(why) => Err(ConnectorError::Refused {
+            status: 403,
+            code: "connector_revoked".into(),
+            message: why,
+        }),
+    }
 }
 
 /// Starts the connector with `clock` deciding certificate age.
@@ -570,6 +735,8 @@ pub async fn start_with_clock(
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (generation, _) = watch::channel(0u64);
     let (refreshed, _) = watch::channel(0u64);
+    // Our own stop signal: the caller's shutdown, or a revocation.
+    let (stop, stopping) = Shutdown::new();
     let state = Arc::new(ConnState {
         identity: RwLock::new(Arc::new(identity)),
         generation,
@@ -580,6 +747,11 @@ pub async fn start_with_clock(
         metrics: Arc::new(Metrics::new("portcullis_connector")),
         clock,
         last_on_demand: Mutex::new(None),
+        proxy_cookies: RwLock::new(Arc::new(
+            portcullis_core::cookies::ProxyCookieNames::default(),
+        )),
+        revoked: Mutex::new(None),
+        stop,
         settings,
     });
     let cache = state.settings.state_dir.join(files::CACHE);
@@ -593,12 +765,46 @@ pub async fn start_with_clock(
         }
     }
     info!(connector_id = %state.identity().info.id, edges = ?state.settings.edges, "connector starting");
-    let task = tokio::spawn(run_all(state.clone(), metrics_listener, shutdown));
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            state.stop.trigger();
+        });
+    }
+    let task = tokio::spawn(run_all(state.clone(), metrics_listener, stopping));
     Ok(ConnectorHandle {
         state,
         metrics_addr,
         task,
     })
+}
+
+impl ConnState {
+    /// The edge refused this connector as revoked: stop everything.
+    fn revoked(&self, message: &str) {
+        let first = match self.revoked.lock() {
+            Ok(mut r) => r.replace(message.to_string()).is_none(),
+            Err(_) => false,
+        };
+        if first {
+            tracing::error!(
+                connector_id = %self.identity().info.id,
+                "the edge revoked this connector ({message}); stopping. Register a new one."
+            );
+            self.metrics.error("connector_revoked");
+        }
+        self.stop.trigger();
+    }
+
+    /// Looks at a failed API call: a revocation stops the connector.
+    fn check_revoked(&self, e: &ConnectorError) {
+        if let ConnectorError::Refused { code, message, .. } = e {
+            if code == "connector_revoked" {
+                self.revoked(message);
+            }
+        }
+    }
 }
 
 async fn run_all(
@@ -627,14 +833,31 @@ async fn run_all(
             move |tcp, _| crate::edge::serve_metrics(metrics.clone(), tcp),
         ));
     }
-    while tasks.join_next().await.is_some() {}
+    let ended = tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => true,
+        _ = shutdown.wait() => false,
+    };
+    if !ended {
+        // Shutdown always ends: streams get `drain`, and then a second more.
+        let limit = state.settings.drain + Duration::from_secs(1);
+        let drained =
+            tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!("drain period over; stopping what is left");
+            tasks.abort_all();
+        }
+    }
     info!("connector stopped");
 }
 
 async fn config_loop(state: Arc<ConnState>, shutdown: Shutdown) {
     let mut failures = 0u32;
     loop {
-        let wait = match state.pull_config().await {
+        let pulled = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = state.pull_config() => r,
+        };
+        let wait = match pulled {
             Ok(view) => {
                 failures = 0;
                 debug!(apps = view.apps.len(), "configuration pulled");
@@ -644,6 +867,7 @@ async fn config_loop(state: Arc<ConnState>, shutdown: Shutdown) {
                     .unwrap_or(Duration::from_secs(view.refresh_seconds.max(1)))
             }
             Err(e) => {
+                state.check_revoked(&e);
                 failures += 1;
                 state.metrics.error("config_pull_failed");
                 let cached = state.view.read().map(|v| v.is_some()).unwrap_or(false);
@@ -659,22 +883,40 @@ async fn config_loop(state: Arc<ConnState>, shutdown: Shutdown) {
     }
 }
 
+/// Whether the certificate should be renewed now: older than `renew_after`, or
+/// past two thirds of its validity (a certificate cut short by the identity's
+/// absolute lifetime).
+fn renewal_due(info: &ConnectorIdentity, now: SystemTime, renew_after: Duration) -> bool {
+    let age = now.duration_since(info.not_before).unwrap_or_default();
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    age >= renew_after || age >= life / 3 * 2
+}
+
 async fn renew_loop(state: Arc<ConnState>, shutdown: Shutdown) {
     let mut failures = 0u32;
     loop {
         let identity = state.identity();
-        let age = (state.clock)()
-            .duration_since(identity.info.not_before)
-            .unwrap_or_default();
+        let now = (state.clock)();
         let mut wait = state.settings.renew_check;
-        if age >= state.settings.renew_after {
+        if renewal_due(&identity.info, now, state.settings.renew_after) {
+            let age = now
+                .duration_since(identity.info.not_before)
+                .unwrap_or_default();
             info!(
                 age_s = age.as_secs(),
-                "certificate older than renew_after; renewing"
+                "certificate due for renewal; renewing"
             );
-            match state.renew().await {
+            let renewed = tokio::select! {
+                _ = shutdown.wait() => return,
+                r = state.renew() => r,
+            };
+            match renewed {
                 Ok(()) => failures = 0,
                 Err(e) => {
+                    state.check_revoked(&e);
                     failures += 1;
                     state.metrics.error("renewal_failed");
                     warn!("certificate renewal failed: {e}");
@@ -730,18 +972,19 @@ type TunnelConn = Pin<
     >,
 >;
 
+/// Dials one tunnel: TCP, TLS and the first HTTP/2 bytes each within
+/// `connect_timeout`, so an edge that accepts and never answers cannot hang it.
 async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<(TunnelConn, Liveness), String> {
     let identity = state.identity();
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(edge))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(identity.tunnel_tls.clone())
-        .connect(state.settings.server_name.clone(), tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
+    let s = &state.settings;
+    let tls = edge_tls(
+        edge,
+        s.server_name.clone(),
+        identity.tunnel_tls.clone(),
+        s.connect_timeout,
+    )
+    .await?;
+    let peer = tls.get_ref().0.peer_addr().map_err(|e| e.to_string())?;
     if tls.get_ref().1.alpn_protocol() != Some(TUNNEL_ALPN) {
         return Err("the edge did not agree to the tunnel protocol (ALPN)".into());
     }
@@ -750,11 +993,10 @@ async fn dial(state: &Arc<ConnState>, edge: &str) -> Result<(TunnelConn, Livenes
         state: state.clone(),
         peer,
     };
-    let s = &state.settings;
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(s.keepalive)
-        .keep_alive_timeout(s.keepalive)
+        .keep_alive_timeout(s.ping_timeout)
         .max_concurrent_streams(s.max_concurrent_streams)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
@@ -772,16 +1014,27 @@ fn retire(mut conn: TunnelConn, drain: Duration) {
     });
 }
 
+/// A tunnel that lived less than this before closing counts as a failure (so a
+/// refused or flapping tunnel backs off instead of redialling at once).
+const SHORT_LIVED: Duration = Duration::from_secs(5);
+
 async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown: Shutdown) {
     let mut failures = 0u32;
     let mut old: Option<TunnelConn> = None;
     let mut generation = state.generation.subscribe();
     loop {
         if shutdown.is_triggered() {
+            if let Some(o) = old.take() {
+                retire(o, state.settings.drain);
+            }
             return;
         }
         generation.borrow_and_update();
-        let (mut conn, liveness) = match dial(&state, &edge).await {
+        let dialled = tokio::select! {
+            _ = shutdown.wait() => continue,
+            d = dial(&state, &edge) => d,
+        };
+        let (mut conn, liveness) = match dialled {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
@@ -789,15 +1042,13 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
                 let wait = backoff(&state.settings, failures);
                 warn!(%edge, slot, retry_ms = wait.as_millis() as u64, "tunnel: {e}");
                 tokio::select! {
-                    _ = shutdown.wait() => {
-                        if let Some(o) = old.take() { retire(o, state.settings.drain); }
-                        return;
-                    }
-                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.wait() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
+                continue;
             }
         };
-        failures = 0;
+        let up_at = Instant::now();
         state.metrics.tunnels_up.fetch_add(1, Ordering::Relaxed);
         state
             .metrics
@@ -812,11 +1063,11 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
         });
         let retire_at = tokio::time::sleep(Duration::from_millis(500));
         tokio::pin!(retire_at);
-        // Our keepalive pings make a live edge answer at least every interval; silence for
-        // two intervals (plus a second) means the edge or the path is dead.
-        let silence_limit = crate::liveness::silence_limit(state.settings.keepalive);
-        let mut watchdog =
-            tokio::time::interval(state.settings.keepalive.max(Duration::from_millis(200)) / 2);
+        // Our keepalive pings make a live edge answer within interval + time-out;
+        // silence longer than that means the edge or the path is dead.
+        let silence_limit =
+            crate::liveness::silence_limit(state.settings.keepalive, state.settings.ping_timeout);
+        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
@@ -824,6 +1075,7 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
                     if silent > silence_limit {
                         warn!(%edge, slot, silent_ms = silent.as_millis() as u64, "no data from the edge; dropping the tunnel");
                         state.metrics.error("tunnel_dead_peer");
+                        failures += 1;
                         break;
                     }
                 }
@@ -833,7 +1085,7 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
                     } else {
                         info!(%edge, slot, "tunnel closed by the edge");
                     }
-                    failures = 1;
+                    failures = if up_at.elapsed() < SHORT_LIVED { failures + 1 } else { 1 };
                     let wait = backoff(&state.settings, failures);
                     tokio::select! {
                         _ = shutdown.wait() => {}
@@ -842,6 +1094,7 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
                     break;
                 }
                 _ = &mut retire_at, if old.is_some() => {
+                    failures = 0;
                     if let Some(o) = old.take() {
                         retire(o, state.settings.drain);
                     }
@@ -868,17 +1121,6 @@ async fn tunnel_slot(state: Arc<ConnState>, edge: String, slot: usize, shutdown:
         }
     }
 }
-
-/// Hop-by-hop headers dropped in both directions.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 async fn handle(
     state: Arc<ConnState>,
@@ -912,41 +1154,22 @@ async fn handle(
         .into_response(req.headers(), &rid);
     };
     let (parts, body) = req.into_parts();
-    let client_headers = parts.headers.clone();
+    // An error page needs only `Accept`: no copy of every header for each stream.
+    let mut client_headers = http::HeaderMap::new();
+    if let Some(accept) = parts.headers.get(header::ACCEPT) {
+        client_headers.insert(header::ACCEPT, accept.clone());
+    }
     let mut headers = parts.headers;
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
+    forwarding::strip_hop_by_hop(&mut headers);
     headers.remove(DEFAULT_APP_HEADER);
-    crate::edge::strip_proxy_cookies(&mut headers);
-    // The edge is authenticated (mutual TLS): its X-Forwarded-* chain is trusted; append its address.
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<String> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let mut chain = prior.join(", ");
-    if !chain.is_empty() {
-        chain.push_str(", ");
-    }
-    chain.push_str(&edge_peer.ip().to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
-    }
+    let names = match state.proxy_cookies.read() {
+        Ok(n) => n.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    forwarding::strip_proxy_cookies(&mut headers, &names);
     let ext_host = parts.uri.authority().map(|a| a.to_string());
-    if !headers.contains_key("x-forwarded-host") {
-        if let Some(h) = ext_host
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
-        {
-            headers.insert("x-forwarded-host", h);
-        }
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    }
+    // The edge is authenticated (mutual TLS): its X-Forwarded-* chain is trusted.
+    forwarding::connector_forwarded(&mut headers, edge_peer.ip(), ext_host.as_deref());
     let host = if backend.app.preserve_host {
         ext_host.unwrap_or_else(|| backend.authority().to_string())
     } else {
@@ -1005,9 +1228,7 @@ async fn handle(
     match backend.send(up, body_done).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            for h in HOP_BY_HOP {
-                parts.headers.remove(*h);
-            }
+            forwarding::strip_hop_by_hop(&mut parts.headers);
             let body = Tracked::new(
                 boxed(body),
                 state.metrics.bytes_down_total.clone(),

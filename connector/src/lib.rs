@@ -17,12 +17,17 @@ pub mod config;
 pub mod connector;
 pub mod denial;
 pub mod edge;
+pub mod forwarding;
 pub mod identity;
+pub mod limits;
 mod liveness;
 pub mod metrics;
 pub mod pki;
+pub mod registry;
 pub mod shutdown;
+pub mod store;
 pub mod token;
+pub mod wire;
 
 pub use shutdown::{Shutdown, ShutdownTrigger};
 

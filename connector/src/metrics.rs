@@ -25,9 +25,21 @@ pub struct Metrics {
     pub renewals_total: AtomicU64,
     /// Configuration pulls served (edge) or made (connector).
     pub config_pulls_total: AtomicU64,
+    /// Connections that have not authenticated yet (edge: TLS handshakes on the
+    /// tunnel port, registration-port connections) (gauge).
+    pub pending_connections: AtomicI64,
+    /// Registration-port requests being handled (gauge).
+    pub registrations_in_flight: AtomicI64,
+    /// Connectors out of rotation (outlier ejection) (gauge).
+    pub connectors_ejected: AtomicI64,
+    /// Outlier ejections.
+    pub ejections_total: AtomicU64,
+    /// Connector revocations made or learnt.
+    pub revocations_total: AtomicU64,
     registrations: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     assertions: Mutex<BTreeMap<String, u64>>,
+    limited: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -43,9 +55,15 @@ impl Metrics {
             tunnel_connects_total: AtomicU64::new(0),
             renewals_total: AtomicU64::new(0),
             config_pulls_total: AtomicU64::new(0),
+            pending_connections: AtomicI64::new(0),
+            registrations_in_flight: AtomicI64::new(0),
+            connectors_ejected: AtomicI64::new(0),
+            ejections_total: AtomicU64::new(0),
+            revocations_total: AtomicU64::new(0),
             registrations: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
             assertions: Mutex::new(BTreeMap::new()),
+            limited: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -54,6 +72,31 @@ impl Metrics {
         if let Ok(mut map) = self.errors.lock() {
             *map.entry(code.to_string()).or_insert(0) += 1;
         }
+    }
+
+    /// Counts one refusal by a limit (`registration_rate`, `registration_concurrency`,
+    /// `pending_global`, `pending_per_source`, `tunnels_global`, `tunnels_per_connector`,
+    /// `handshake_timeout`).
+    pub fn limited(&self, limit: &str) {
+        if let Ok(mut map) = self.limited.lock() {
+            *map.entry(limit.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// The number of refusals counted for `limit`.
+    pub fn limited_with(&self, limit: &str) -> u64 {
+        self.limited
+            .lock()
+            .map(|m| m.get(limit).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The number of registrations counted with `result`.
+    pub fn registrations_with(&self, result: &str) -> u64 {
+        self.registrations
+            .lock()
+            .map(|m| m.get(result).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Counts one registration with its result (`ok` or a refusal code).
@@ -102,6 +145,21 @@ impl Metrics {
                 "Streams in flight.",
                 self.streams_active.load(Ordering::Relaxed),
             ),
+            (
+                "pending_connections",
+                "Connections not authenticated yet.",
+                self.pending_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "registrations_in_flight",
+                "Registration-port requests being handled.",
+                self.registrations_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "connectors_ejected",
+                "Connectors out of rotation (outlier ejection).",
+                self.connectors_ejected.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(
@@ -136,6 +194,16 @@ impl Metrics {
                 "Configuration pulls.",
                 &self.config_pulls_total,
             ),
+            (
+                "ejections_total",
+                "Outlier ejections of connectors.",
+                &self.ejections_total,
+            ),
+            (
+                "revocations_total",
+                "Connector revocations made or learnt.",
+                &self.revocations_total,
+            ),
         ];
         for (name, help, v) in counters {
             let v = v.load(Ordering::Relaxed);
@@ -162,6 +230,12 @@ impl Metrics {
                 "Identity assertion checks by outcome.",
                 "outcome",
                 &self.assertions,
+            ),
+            (
+                "limited_total",
+                "Connections and requests refused by a limit.",
+                "limit",
+                &self.limited,
             ),
         ];
         for (name, help, label, map) in labelled {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use rcgen::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
@@ -54,32 +55,85 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Parses every certificate in a PEM text.
 pub fn parse_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::Parse(e.to_string()))
 }
 
 /// Parses the first private key in a PEM text.
 pub fn parse_key_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| PkiError::Parse(e.to_string()))?
-        .ok_or_else(|| PkiError::Parse("no private key in PEM".into()))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            PkiError::Parse("no private key in PEM".into())
+        }
+        e => PkiError::Parse(e.to_string()),
+    })
 }
 
-/// Writes a file readable by its owner only (mode 0600), atomically (temp file + rename).
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+/// Writes `contents` to a new temporary file beside `path` (mode 0600, synced) and
+/// returns its path. The name is unique to this process and call, so concurrent
+/// writers (two edges sharing a state directory) never write into each other's file.
+fn write_temp(path: &Path, contents: &[u8]) -> Result<PathBuf, PkiError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique: u64 = rand::random();
+    let tmp = path.with_file_name(format!(".{name}.{}.{unique:016x}.tmp", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    f.write_all(contents).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    let written = f.write_all(contents).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    Ok(tmp)
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Writes a file readable by its owner only (mode 0600), atomically (temp file,
+/// fsync, rename, fsync of the directory): a crash leaves the old file or the new one.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    let tmp = write_temp(path, contents)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    sync_dir(path);
+    Ok(())
+}
+
+/// Creates `path` with `contents` (mode 0600) only if it does not exist, in one
+/// step (a hard link of a synced temporary file): `Ok(false)` when another
+/// process created it first.
+fn create_private_exclusive(path: &Path, contents: &[u8]) -> Result<bool, PkiError> {
+    let tmp = write_temp(path, contents)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_dir(path);
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of a certificate.
@@ -188,27 +242,50 @@ pub const CA_KEY_FILE: &str = "connector-ca-key.pem";
 
 impl EdgeCa {
     /// Loads the CA from `dir`, or creates it (key mode 0600) on first start.
+    ///
+    /// Several edge processes may start at once on one state directory (replicas
+    /// sharing the CA): the first to create the key file creates the CA, the others
+    /// wait for its certificate and load it.
     pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
-            let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-            let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
-            let key = KeyPair::from_pem(&key_pem)?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
-            let cert_der = parse_certs_pem(&cert_pem)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    PkiError::Parse(format!("{}: no certificate", cert_path.display()))
-                })?;
-            return Ok(Self {
-                issuer,
-                cert_der,
-                cert_pem,
-            });
+        if !key_path.exists() {
+            if let Some(created) = Self::create(&key_path, &cert_path)? {
+                return Ok(created);
+            }
         }
+        // The key is there; its certificate is written right after it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cert_path.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(PkiError::Parse(format!(
+                    "{} exists without {}: the CA's creation was interrupted; remove the key \
+                     (no connector can have a certificate from it) and start again",
+                    key_path.display(),
+                    cert_path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        let cert_der = parse_certs_pem(&cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PkiError::Parse(format!("{}: no certificate", cert_path.display())))?;
+        Ok(Self {
+            issuer,
+            cert_der,
+            cert_pem,
+        })
+    }
+
+    /// Makes a new CA and publishes its key (exclusively) and then its certificate;
+    /// `None` when another process published a key first.
+    fn create(key_path: &Path, cert_path: &Path) -> Result<Option<Self>, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -226,14 +303,25 @@ impl EdgeCa {
         params.not_after = to_offset(now + Duration::from_secs(10 * 365 * 86_400));
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        if !create_private_exclusive(key_path, key.serialize_pem().as_bytes())? {
+            return Ok(None);
+        }
         let cert_pem = cert.pem();
-        fs::write(&cert_path, &cert_pem).map_err(io_err(&cert_path))?;
-        Ok(Self {
+        let tmp = write_temp(cert_path, cert_pem.as_bytes())?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644));
+        }
+        if let Err(e) = fs::rename(&tmp, cert_path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(cert_path)(e));
+        }
+        sync_dir(cert_path);
+        Ok(Some(Self {
             issuer: Issuer::new(params, key),
             cert_der: cert.der().clone(),
             cert_pem,
-        })
+        }))
     }
 
     /// SHA-256 fingerprint (hex) of the CA certificate.
@@ -289,6 +377,19 @@ impl EdgeCa {
         days: u32,
         now: SystemTime,
     ) -> Result<String, PkiError> {
+        let not_after = now + Duration::from_secs(u64::from(days) * 86_400);
+        self.sign_connector_csr_until(csr_pem, id, group, not_after, now)
+    }
+
+    /// [`EdgeCa::sign_connector_csr`] valid until `not_after`.
+    pub fn sign_connector_csr_until(
+        &self,
+        csr_pem: &str,
+        id: &str,
+        group: &str,
+        not_after: SystemTime,
+        now: SystemTime,
+    ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -301,7 +402,7 @@ impl EdgeCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = to_offset(now - Duration::from_secs(60));
-        params.not_after = to_offset(now + Duration::from_secs(u64::from(days) * 86_400));
+        params.not_after = to_offset(not_after);
         params.serial_number = Some(random_serial());
         let signed = CertificateSigningRequestParams {
             params,
@@ -516,5 +617,41 @@ impl ServerCertVerifier for CaFingerprintVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_starting_together_on_one_state_directory_share_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge");
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || EdgeCa::load_or_create(&path).map(|ca| ca.fingerprint()))
+            })
+            .collect();
+        let prints: Vec<String> = starts
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert!(prints.iter().all(|p| p == &prints[0]), "{prints:?}");
+        let again = EdgeCa::load_or_create(&path).unwrap();
+        assert_eq!(again.fingerprint(), prints[0]);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(path.join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let left: Vec<_> = fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }

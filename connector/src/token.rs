@@ -37,6 +37,26 @@ pub struct AdminClaims {
     pub subject: String,
     /// Tenant claim, if any.
     pub tenant: Option<String>,
+    /// `jti`, if any.
+    pub jti: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+impl AdminClaims {
+    /// What counts the token's uses: its `jti` (with the issuer), else a hash of the
+    /// token itself.
+    pub fn use_key(&self, token: &str) -> String {
+        use sha2::Digest as _;
+        match &self.jti {
+            Some(j) => format!("jti:{}", hex(&sha2::Sha256::digest(j.as_bytes()))),
+            None => format!("sha256:{}", hex(&sha2::Sha256::digest(token.as_bytes()))),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const ALGORITHMS: &[&str] = &[
@@ -201,9 +221,9 @@ impl AdminTokenVerifier {
             ),
             _ => refuse("token_invalid", format!("the token was refused: {e}")),
         })?;
-        if claims.expires_at.is_none() {
+        let Some(expires_at) = claims.expires_at else {
             return Err(refuse("token_invalid", "the token has no expiry (exp)"));
-        }
+        };
         let custom = &claims.custom;
         let tenant = custom
             .get(&r.tenant_claim)
@@ -241,6 +261,8 @@ impl AdminTokenVerifier {
         Ok(AdminClaims {
             subject: claims.subject.unwrap_or_default(),
             tenant,
+            jti: claims.jwt_id.clone(),
+            expires_at: expires_at.as_secs(),
         })
     }
 }

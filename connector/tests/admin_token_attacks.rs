@@ -176,6 +176,7 @@ fn verifier(jwks_json: &str) -> (tempfile::TempDir, std::sync::Arc<AdminTokenVer
         groups_claim: "groups".into(),
         admin_groups: Vec::new(),
         leeway_seconds: 30,
+        registrations_per_token: 1,
     });
     (dir, verifier)
 }

@@ -130,7 +130,7 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
         let got = register_with(&w, token, &dir).await;
         assert_eq!(got, Err((status, code.to_string())), "{what}");
         assert!(
-            !dir.join("cert.pem").exists(),
+            !dir.join("identity.pem").exists(),
             "{what}: nothing may be issued"
         );
     }
@@ -146,11 +146,14 @@ async fn registration_is_allowed_for_an_admin_and_refused_with_a_reason_otherwis
     let dir = w.dir.path().join("ok-role");
     assert_eq!(register_with(&w, w.idp.admin_token(), &dir).await, Ok(()));
     use std::os::unix::fs::PermissionsExt;
-    for f in ["key.pem", "cert.pem"] {
-        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{f}");
-    }
-    let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let f = "identity.pem";
+    let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{f}");
+    let pem = std::fs::read_to_string(dir.join(f)).unwrap();
+    assert!(
+        pem.contains("PRIVATE KEY") && pem.contains("CERTIFICATE"),
+        "key and certificate in one file"
+    );
     let der = portcullis_connector::pki::parse_certs_pem(&pem)
         .unwrap()
         .remove(0);
@@ -292,6 +295,8 @@ async fn client_certificates_from_another_ca_or_expired_are_refused() {
     // The connector itself refuses to start with an expired certificate.
     let cdir = w.dir.path().join("cexp");
     let cfg = register(&w.edge, &w.idp, &cdir, "default").await;
+    // The layout of older connectors (key.pem, cert.pem) is still read.
+    std::fs::remove_file(cdir.join("identity.pem")).unwrap();
     std::fs::write(cdir.join("cert.pem"), &expired).unwrap();
     std::fs::write(cdir.join("key.pem"), &key_pem).unwrap();
     let (_t, s) = portcullis_connector::Shutdown::new();
@@ -684,7 +689,7 @@ async fn renewal_switches_certificates_without_dropping_open_streams() {
         1
     );
     // The stored certificate is the new one.
-    let pem = std::fs::read_to_string(w.dir.path().join("c1/cert.pem")).unwrap();
+    let pem = std::fs::read_to_string(w.dir.path().join("c1/identity.pem")).unwrap();
     let der = portcullis_connector::pki::parse_certs_pem(&pem)
         .unwrap()
         .remove(0);
@@ -812,62 +817,6 @@ async fn two_connectors_share_load_and_killing_one_loses_no_new_request() {
     w.edge.stop().await;
 }
 
-/// A TCP relay whose existing connections can be frozen (bytes stop, sockets stay open):
-/// a peer that died without closing. Connections made after a freeze flow normally.
-async fn freezable_relay(
-    upstream: std::net::SocketAddr,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let epoch = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let e = epoch.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((inbound, _)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let born = e.load(Ordering::SeqCst);
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            for (mut r, mut w) in [
-                (
-                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                ),
-                (Box::new(ro), Box::new(wi)),
-            ] {
-                let e = e.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match r.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if e.load(Ordering::SeqCst) != born {
-                            // Frozen: swallow everything, never close.
-                            std::future::pending::<()>().await;
-                        }
-                        if w.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
-    (addr, epoch)
-}
-
 #[tokio::test]
 async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     use std::sync::atomic::Ordering;
@@ -912,4 +861,150 @@ async fn keepalive_pings_detect_a_dead_peer_and_the_connector_reconnects() {
     );
     c.stop().await;
     edge.stop().await;
+}
+
+#[tokio::test]
+async fn the_configured_proxy_cookie_names_are_stripped_on_both_sides_and_cidrs_are_trusted() {
+    let w = world_with(hello, |f| {
+        // The cookie filter's names, not the defaults; Envoy's pod network as a CIDR.
+        f.proxy_cookies = serde_json::from_value(serde_json::json!({
+            "names": ["__Host-gate"], "prefixes": ["gate-"]
+        }))
+        .unwrap();
+        f.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    eventually(10, "config pulled", || c.handle.config().is_some()).await;
+    assert_eq!(
+        c.handle.config().unwrap().proxy_cookies.names,
+        Some(vec!["__Host-gate".to_string()]),
+        "the connector strips the same names"
+    );
+    let r = req(&w.edge, "hello", "/echo")
+        .header(
+            "cookie",
+            "__Host-gate=session; gate-state-1=x; portcullis=app-owned; theme=dark",
+        )
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(portcullis_connector::body::empty())
+        .unwrap();
+    let (status, _, body) = send(&client(), r).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let h = &json(&body)["headers"];
+    assert_eq!(h["cookie"], "portcullis=app-owned; theme=dark");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header named by Connection is hop-by-hop: {h}"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1, 127.0.0.1");
+    c.stop().await;
+    w.edge.stop().await;
+}
+
+/// A backend that closes every keep-alive connection right after its answer,
+/// without saying so (`Connection: close` absent): the pooled connection is dead
+/// when it is reused.
+async fn start_closing_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicU64::new(0));
+    let n = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            n.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                // Close without a word.
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_reused_backend_connection_found_closed_is_retried_and_no_request_fails() {
+    let (addr, conns) = start_closing_backend().await;
+    let w = world(|_| vec![app("hello", "default", &format!("http://{addr}"))]).await;
+    let cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 2).await;
+    let client = client();
+    for i in 0..30 {
+        let (status, _, body) = get(&client, &w.edge, "hello", "/x").await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+        // Every other time, let the backend close the connection the pool keeps.
+        if i % 2 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        }
+    }
+    assert!(conns.load(std::sync::atomic::Ordering::Relaxed) >= 15);
+    c.stop().await;
+    w.edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_fresh_backend_connection_that_fails_is_not_retried() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncReadExt;
+    // A backend that reads each request and closes without an answer: the app
+    // saw the request, so it must not see it twice.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicU64::new(0));
+    let n = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let w = world(|_| vec![app("hello", "default", &format!("http://{addr}"))]).await;
+    let mut cfg = register(&w.edge, &w.idp, &w.dir.path().join("c1"), "default").await;
+    cfg.tunnels_per_edge = 1;
+    let c = start_connector(&cfg).await;
+    wait_tunnels(&w.edge, 1).await;
+    let (status, headers, body) = get(&client(), &w.edge, "hello", "/x").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert_eq!(headers["x-portcullis-error"], "backend_error");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the GET was sent once");
+    c.stop().await;
+    w.edge.stop().await;
 }

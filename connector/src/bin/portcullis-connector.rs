@@ -149,13 +149,28 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let handle = connector::start(settings, shutdown).await?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            let mut waiting = tokio::spawn(handle.wait());
+            let stopped = tokio::select! {
+                _ = tokio::signal::ctrl_c() => None,
+                _ = term.recv() => None,
+                s = &mut waiting => Some(s),
+            };
+            let stopped = match stopped {
+                Some(s) => s?,
+                None => {
+                    tracing::info!("draining");
+                    trigger.trigger();
+                    // A second signal stops at once.
+                    tokio::select! {
+                        _ = term.recv() => std::process::exit(1),
+                        _ = tokio::signal::ctrl_c() => std::process::exit(1),
+                        s = &mut waiting => s?,
+                    }
+                }
+            };
+            if let connector::Stopped::Revoked(why) = stopped {
+                anyhow::bail!("the edge revoked this connector: {why}; register a new one");
             }
-            tracing::info!("draining");
-            trigger.trigger();
-            handle.wait().await;
         }
     }
     Ok(())

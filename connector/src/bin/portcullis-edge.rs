@@ -38,6 +38,117 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List or revoke registered connectors (the running edge's admin API, with an
+    /// admin token under the same rules as registration).
+    Connectors {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Edge configuration file: the registration address and the CA come from it.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Registration URL of the edge (default: from --config, e.g. https://127.0.0.1:8441).
+    #[arg(long, global = true)]
+    edge: Option<String>,
+    /// PEM file with the edge's connector CA (default: from --config's state directory).
+    #[arg(long, global = true)]
+    edge_ca: Option<PathBuf>,
+    /// Admin token (JWT). Prefer --token-file or PORTCULLIS_ADMIN_TOKEN.
+    #[arg(long, global = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorsCommand {
+    /// List every connector the registry knows (id, group, serial, seen, revoked).
+    List {
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a connector: its tunnels drop at once on every edge replica, and its
+    /// configuration pulls and renewals are refused (`connector_revoked`).
+    Revoke {
+        /// Connector id (`c-…`).
+        id: String,
+        /// Why (kept in the registry).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn admin_token(token: Option<String>, file: Option<PathBuf>) -> anyhow::Result<String> {
+    match (
+        token.or_else(|| std::env::var("PORTCULLIS_ADMIN_TOKEN").ok()),
+        file,
+    ) {
+        (Some(t), _) => Ok(t),
+        (None, Some(f)) => Ok(std::fs::read_to_string(&f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string()),
+        (None, None) => anyhow::bail!(
+            "give the admin token with --token, --token-file or PORTCULLIS_ADMIN_TOKEN"
+        ),
+    }
+}
+
+fn admin_endpoint(a: &AdminArgs) -> anyhow::Result<portcullis_connector::connector::EdgeEndpoint> {
+    let settings = match &a.config {
+        Some(c) => Some(EdgeConfigFile::load(c)?.validate()?),
+        None => None,
+    };
+    let url = match (&a.edge, &settings) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => {
+            let addr = s.registration_listen;
+            // Listening on every address: ask on this machine, by a name the edge's
+            // certificate holds (server_names has localhost by default).
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            format!("https://{host}:{}", addr.port())
+        }
+        (None, None) => anyhow::bail!("give --config or --edge"),
+    };
+    let ca = match (&a.edge_ca, &settings) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => s.state_dir.join(portcullis_connector::pki::CA_CERT_FILE),
+        (None, None) => anyhow::bail!("give --config or --edge-ca"),
+    };
+    Ok(portcullis_connector::connector::EdgeEndpoint::new(
+        &url,
+        &portcullis_connector::connector::EdgeTrust::CaFile(ca),
+    )?)
+}
+
+fn when(t: Option<u64>) -> String {
+    match t {
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t as i64)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string()),
+        None => "-".into(),
+    }
 }
 
 fn init_logging(json: bool) {
@@ -77,7 +188,53 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let ca = portcullis_connector::pki::EdgeCa::load_or_create(&settings.state_dir)?;
             println!("{}", ca.fingerprint());
         }
+        Command::Connectors { admin, command } => {
+            let endpoint = admin_endpoint(&admin)?;
+            let token = admin_token(admin.token, admin.token_file)?;
+            match command {
+                ConnectorsCommand::List { json } => {
+                    let list = endpoint.list_connectors(&token).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        println!(
+                            "{:<20} {:<12} {:<34} {:<21} {:<21} {:<16} revoked",
+                            "id", "group", "serial", "first seen", "last seen", "last address"
+                        );
+                        for c in list.connectors {
+                            println!(
+                                "{:<20} {:<12} {:<34} {:<21} {:<21} {:<16} {}",
+                                c.id,
+                                c.group,
+                                c.serial,
+                                when(c.first_seen),
+                                when(c.last_seen),
+                                c.last_address.as_deref().unwrap_or("-"),
+                                c.revoked
+                                    .map(|r| format!("{} by {}", when(Some(r.at)), r.by))
+                                    .unwrap_or_else(|| "no".into())
+                            );
+                        }
+                    }
+                }
+                ConnectorsCommand::Revoke { id, reason } => {
+                    let answer = endpoint.revoke_connector(&token, &id, reason).await?;
+                    println!(
+                        "revoked connector {id}; {} tunnel(s) dropped on this edge",
+                        answer["tunnels_dropped"]
+                    );
+                }
+            }
+        }
         Command::Run { config } => {
+            let (nofile, before) = portcullis_connector::limits::raise_nofile_limit();
+            if nofile != before {
+                tracing::info!(
+                    nofile,
+                    before,
+                    "raised the descriptor limit (RLIMIT_NOFILE)"
+                );
+            }
             let settings = EdgeConfigFile::load(&config)
                 .and_then(|f| f.validate())
                 .with_context(|| format!("loading {}", config.display()))?;
@@ -99,7 +256,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             trigger.trigger();
-            handle.wait().await;
+            // A second signal stops at once.
+            tokio::select! {
+                _ = handle.wait() => {}
+                _ = term.recv() => std::process::exit(1),
+                _ = tokio::signal::ctrl_c() => std::process::exit(1),
+            }
         }
     }
     Ok(())

@@ -53,7 +53,8 @@ impl Idp {
             Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(600))
                 .with_issuer(ISSUER)
                 .with_audience(aud)
-                .with_subject("admin@tenant-a");
+                .with_subject("admin@tenant-a")
+                .with_jwt_id(format!("{:032x}", rand_u128()));
         let now = Clock::now_since_epoch().as_secs() as i64;
         claims.expires_at = Some(UnixTimeStamp::from_secs((now + valid_secs) as u64));
         if valid_secs < 0 {
@@ -71,6 +72,23 @@ impl Idp {
             AUDIENCE,
         )
     }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    (u128::from(h.finish()) << 64)
+        | u128::from(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
 }
 
 pub fn app(name: &str, group: &str, url: &str) -> AppConfig {
@@ -101,6 +119,10 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
         advertised_tunnel_addresses: Vec::new(),
         app_header: "x-portcullis-app".into(),
         trusted_proxies: vec!["127.0.0.1".into()],
+        proxy_cookies: Default::default(),
+        store: Default::default(),
+        limits: Default::default(),
+        outlier: Default::default(),
         admin: AdminConfig {
             jwks_file: Some(jwks.to_path_buf()),
             jwks_url: None,
@@ -114,13 +136,17 @@ pub fn edge_file(state: &Path, jwks: &Path, apps: Vec<AppConfig>) -> EdgeConfigF
             groups_claim: "groups".into(),
             admin_groups: vec!["connector-admins".into()],
             leeway_seconds: 30,
+            registrations_per_token: 1,
         },
         groups: vec!["default".into(), "other".into()],
         apps,
         client_cert_days: 365,
+        connector_max_lifetime_days: 730,
         config_refresh_seconds: 300,
         keepalive_seconds: 5,
+        ping_timeout_seconds: 3,
         drain_seconds: 5,
+        connector_wait_ms: 0,
         max_request_headers_kb: 96,
         identity_headers: Vec::new(),
     }
@@ -395,6 +421,22 @@ pub async fn get(
     .await
 }
 
+/// The body of a plain GET, if it answered 200.
+pub async fn http_text(url: &str) -> Option<String> {
+    let req = Request::get(url)
+        .body(portcullis_connector::body::empty())
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if resp.status() != StatusCode::OK {
+        return None;
+    }
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
 pub fn json(bytes: &Bytes) -> serde_json::Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(bytes)))
@@ -430,4 +472,160 @@ pub async fn world_with(
         edge,
         backend,
     }
+}
+
+// ------------------------------------------------------------ raw tunnel peers
+
+/// A TCP relay whose existing connections can be frozen (bytes stop, sockets stay open):
+/// a peer that died without closing. Connections made after a freeze flow normally.
+pub async fn freezable_relay(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let epoch = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let e = epoch.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let born = e.load(Ordering::SeqCst);
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(ro), Box::new(wi)),
+            ] {
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if e.load(Ordering::SeqCst) != born {
+                            // Frozen: swallow everything, never close.
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, epoch)
+}
+
+/// The TLS client configuration of the connector registered in `dir` (its
+/// `identity.pem` and `edge-ca.pem`), offering `alpn`.
+pub fn connector_tls(dir: &Path, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    use portcullis_connector::pki;
+    let both = std::fs::read_to_string(dir.join("identity.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        pki::parse_certs_pem(&std::fs::read_to_string(dir.join("edge-ca.pem")).unwrap()).unwrap()
+    {
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(pki::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            pki::parse_certs_pem(&both).unwrap(),
+            pki::parse_key_pem(&both).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// One call to the connectors' API (`GET /v1/config`, `POST /v1/renew`) with the
+/// identity of the connector registered in `dir`: status and JSON answer.
+pub async fn connector_api_call(
+    tunnel_addr: SocketAddr,
+    dir: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let tcp = tokio::net::TcpStream::connect(tunnel_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(connector_tls(dir, b"http/1.1"))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, BoxBody>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(match body {
+            Some(b) => full(b.to_string()),
+            None => portcullis_connector::body::empty(),
+        })
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// A connector that is not one: it opens a tunnel with the identity registered in
+/// `dir` and answers every request with `respond` (status, denial code).
+pub async fn fake_connector(
+    tunnel_addr: SocketAddr,
+    dir: &Path,
+    status: u16,
+    code: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let config = connector_tls(dir, portcullis_connector::TUNNEL_ALPN);
+    let tcp = tokio::net::TcpStream::connect(tunnel_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let svc = service_fn(move |req: Request<Incoming>| async move {
+            // Read the request whole, as a connector does before its backend fails.
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .header("x-portcullis-error", code)
+                    .body(full(format!("{{\"error\":\"{code}\"}}")))
+                    .unwrap(),
+            )
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    })
+}
+
+/// The admin API of `edge` (registration port), trusted by its CA file.
+pub fn admin_endpoint(edge: &Edge) -> portcullis_connector::connector::EdgeEndpoint {
+    portcullis_connector::connector::EdgeEndpoint::new(
+        &edge.register_url(),
+        &EdgeTrust::CaFile(edge.ca_file()),
+    )
+    .unwrap()
 }

@@ -10,6 +10,21 @@
 //! Every decision is logged as one JSON line at info level and counted in
 //! `portcullis_ca.app.<app>.result.<allow|deny|step_up>`. The module is the
 //! shared host adapter ([`portcullis_proxy_wasm`]) running that one stage.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_core::pipeline::StageKind;
 use portcullis_proxy_wasm::Layout;

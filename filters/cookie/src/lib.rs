@@ -5,6 +5,21 @@
 //!
 //! The decisions live in [`portcullis_core::cookies`]; the module is the
 //! shared host adapter ([`portcullis_proxy_wasm`]) running that one stage.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_core::pipeline::StageKind;
 use portcullis_proxy_wasm::Layout;

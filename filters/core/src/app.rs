@@ -94,13 +94,13 @@ pub fn host_name(authority: &str) -> String {
 /// colon not followed by digits only is not a port).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return match host.find(']') {
-            Some(i) => &host[..=i],
+        return match host.split_once(']') {
+            Some((inside, _)) => host.get(..=inside.len()).unwrap_or(host),
             None => host,
         };
     }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
 }

@@ -55,7 +55,12 @@ const DERIVE_LABEL: &[u8] = b"portcullis identity assertion signing key v1";
 /// key, and info the label, a zero byte and the app id.
 pub fn derive_seed(sealing_key: &[u8; 32], app_id: &str) -> [u8; 32] {
     let prk = hmac_sha256::HKDF::extract(DERIVE_LABEL, sealing_key);
-    let mut info = Vec::with_capacity(DERIVE_LABEL.len() + 1 + app_id.len());
+    let mut info = Vec::with_capacity(
+        app_id
+            .len()
+            .saturating_add(DERIVE_LABEL.len())
+            .saturating_add(1),
+    );
     info.extend_from_slice(DERIVE_LABEL);
     info.push(0);
     info.extend_from_slice(app_id.as_bytes());
@@ -285,7 +290,12 @@ impl AssertionSigner {
     /// Signs `claims` with the first key: the compact JWT.
     pub fn sign(&self, claims: &AssertionClaims) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let mut token = String::with_capacity(self.header_b64.len() + payload.len() + 90);
+        let mut token = String::with_capacity(
+            self.header_b64
+                .len()
+                .saturating_add(payload.len())
+                .saturating_add(90),
+        );
         token.push_str(&self.header_b64);
         token.push('.');
         token.push_str(&payload);
@@ -487,7 +497,8 @@ pub fn verify(
         .map_err(|_| AssertionError::Malformed)?;
     let signature = ed25519_compact::Signature::from_slice(&sig_bytes)
         .map_err(|_| AssertionError::Malformed)?;
-    let signed = &token[..h.len() + 1 + p.len()];
+    // What is signed: the header and the payload, up to the last dot.
+    let (signed, _) = token.rsplit_once('.').ok_or(AssertionError::Malformed)?;
     ed25519_compact::PublicKey::new(*public)
         .verify(signed.as_bytes(), &signature)
         .map_err(|_| AssertionError::Signature)?;
@@ -506,8 +517,10 @@ pub fn verify(
         return Err(AssertionError::NotYetValid);
     }
     if claims.exp.saturating_add(expected.skew_secs) <= expected.now
-        || claims.exp < claims.iat
-        || claims.exp - claims.iat > MAX_LIFETIME_SECS
+        || claims
+            .exp
+            .checked_sub(claims.iat)
+            .is_none_or(|lifetime| lifetime > MAX_LIFETIME_SECS)
     {
         return Err(AssertionError::Expired);
     }

@@ -4,6 +4,21 @@
 //! filters pass the current time and random bytes in, and turn the decisions
 //! that come back into host calls. Everything is unit-tested natively.
 #![forbid(unsafe_code)]
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod app;
 pub mod assertion;

@@ -217,32 +217,39 @@ impl PathPrefix {
 /// Returns the path part of a `:path` value: everything before the first `?`
 /// (or `#`: Envoy refuses a fragment; see [`normalize`]).
 pub fn strip_query(raw: &str) -> &str {
-    match raw.find(['?', '#']) {
-        Some(i) => &raw[..i],
-        None => raw,
-    }
+    // split yields at least one piece.
+    raw.split(['?', '#']).next().unwrap_or(raw)
+}
+
+/// The bytes before the first `stop` (all of them if there is none).
+fn before(bytes: &[u8], stop: u8) -> &[u8] {
+    // split yields at least one piece.
+    bytes.split(|&b| b == stop).next().unwrap_or(bytes)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// The value of the escape `%XY` starting at `bytes[i]`, if it is one.
 fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
-    if bytes.get(i) != Some(&b'%') {
-        return None;
+    match bytes.get(i..)? {
+        [b'%', hi, lo, ..] => Some(hex_value(*hi)? << 4 | hex_value(*lo)?),
+        _ => None,
     }
-    let hi = hex_value(*bytes.get(i + 1)?)?;
-    let lo = hex_value(*bytes.get(i + 2)?)?;
-    Some(hi << 4 | lo)
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The two upper-case hex digits of `b` (both nibbles are below 16: each
+/// `get` finds its digit).
+fn hex_digits(b: u8) -> impl Iterator<Item = u8> {
+    [usize::from(b >> 4), usize::from(b & 15)]
+        .into_iter()
+        .filter_map(|n| HEX_UPPER.get(n).copied())
+}
 
 /// How Envoy's normalisation treats a byte (the character table of
 /// Chromium's path canonicaliser).
@@ -285,13 +292,9 @@ fn refused_by_envoy(b: u8) -> bool {
 
 /// The length of a dot at `i` (`.` or `%2e`/`%2E`), or 0.
 fn dot_at(input: &[u8], i: usize) -> usize {
-    match input.get(i) {
-        Some(b'.') => 1,
-        Some(b'%')
-            if input.get(i + 1) == Some(&b'2') && matches!(input.get(i + 2), Some(b'e' | b'E')) =>
-        {
-            3
-        }
+    match input.get(i..) {
+        Some([b'.', ..]) => 1,
+        Some([b'%', b'2', b'e' | b'E', ..]) => 3,
         _ => 0,
     }
 }
@@ -312,12 +315,12 @@ fn dot_segment(input: &[u8], after_dot: usize) -> Option<(bool, usize)> {
     }
     let second = dot_at(input, after_dot);
     if second > 0 {
-        let after = after_dot + second;
+        let after = after_dot.saturating_add(second);
         if after == input.len() {
             return Some((true, second));
         }
         if is_slash(input.get(after)) {
-            return Some((true, second + 1));
+            return Some((true, second.saturating_add(1)));
         }
     }
     None
@@ -325,23 +328,26 @@ fn dot_segment(input: &[u8], after_dot: usize) -> Option<(bool, usize)> {
 
 /// Drops the last segment of `out` (which ends in `/`), never the first `/`.
 fn back_up(out: &mut Vec<u8>) {
-    let Some(mut i) = out.len().checked_sub(1) else {
+    let Some(last) = out.len().checked_sub(1) else {
         return;
     };
-    if i == 0 {
-        return;
-    }
-    i -= 1;
-    while i > 0 && out[i] != b'/' {
-        i -= 1;
-    }
-    out.truncate(i + 1);
+    // Up to the `/` before the last byte; the first byte is always kept.
+    let keep = out
+        .get(..last)
+        .and_then(|head| head.iter().rposition(|&b| b == b'/'))
+        .map_or(1, |at| at.saturating_add(1));
+    out.truncate(keep);
 }
 
 /// After an escape was decoded within two bytes of an earlier lone `%`: if
 /// that `%` now starts a valid escape, it is written `%25`, so that the
 /// output cannot be decoded into something the input was not (Chromium's
 /// nested-escape rule, which Envoy inherits).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "cursor arithmetic: positions are below the input's length (at most isize::MAX), \
+              steps add a few bytes and subtract only what was checked to be there"
+)]
 fn fix_nested_escape(input: &[u8], next: usize, lone_percent: usize, out: &mut Vec<u8>) {
     let len = out.len();
     let Some(&last) = out.last() else {
@@ -354,12 +360,17 @@ fn fix_nested_escape(input: &[u8], next: usize, lone_percent: usize, out: &mut V
             _ => return,
         }
     }
-    if escape_at(out, lone_percent).is_some() {
+    let digits = lone_percent + 1..lone_percent + 3;
+    if let (Some(_), Some(&[first_digit, _])) =
+        (escape_at(out, lone_percent), out.get(digits.clone()))
+    {
         if !append_next {
-            out.push(out[lone_percent + 1]);
+            out.push(first_digit);
         }
-        out[lone_percent + 1] = b'2';
-        out[lone_percent + 2] = b'5';
+        // The escape is in `out` (escape_at found it): the digits are there.
+        if let Some(d) = out.get_mut(digits) {
+            d.copy_from_slice(b"25");
+        }
         out.push(last);
     } else if append_next {
         out.truncate(len);
@@ -368,12 +379,16 @@ fn fix_nested_escape(input: &[u8], next: usize, lone_percent: usize, out: &mut V
 
 /// Envoy's `normalize_path` (Chromium's path canonicaliser) on a path part
 /// that starts with `/`. `Err` where Envoy refuses the request (`%00`).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "cursor arithmetic: positions are below the input's length (at most isize::MAX), \
+              steps add a few bytes and subtract only what was checked to be there"
+)]
 fn canonicalize_like_envoy(input: &[u8]) -> Result<Vec<u8>, PathRefusal> {
     let mut out = Vec::with_capacity(input.len() + 8);
     let mut lone_percent: Option<usize> = None;
     let mut i = 0;
-    while i < input.len() {
-        let b = input[i];
+    while let Some(&b) = input.get(i) {
         match class(b) {
             Class::Pass | Class::Unescape => out.push(b),
             Class::Dot | Class::Percent if dot_at(input, i) > 0 => {
@@ -411,7 +426,10 @@ fn canonicalize_like_envoy(input: &[u8]) -> Result<Vec<u8>, PathRefusal> {
                             }
                         }
                         Class::Invalid => return Err(PathRefusal::InvalidCharacter),
-                        _ => out.extend_from_slice(&input[i - 2..=i]),
+                        // The escape as it was (escape_at read these three bytes).
+                        _ => out.extend_from_slice(
+                            input.get(i - 2..=i).ok_or(PathRefusal::MalformedEncoding)?,
+                        ),
                     }
                 }
                 None => {
@@ -422,8 +440,7 @@ fn canonicalize_like_envoy(input: &[u8]) -> Result<Vec<u8>, PathRefusal> {
             Class::Invalid => return Err(PathRefusal::InvalidCharacter),
             Class::Escape => {
                 out.push(b'%');
-                out.push(HEX_UPPER[usize::from(b >> 4)]);
-                out.push(HEX_UPPER[usize::from(b & 15)]);
+                out.extend(hex_digits(b));
             }
         }
         i += 1;
@@ -466,10 +483,7 @@ fn merge_slashes(path: Vec<u8>) -> Vec<u8> {
 /// Whether a `/`-separated segment is a `.` or `..` written with raw dots,
 /// possibly followed by `;` parameters.
 fn is_dot_segment_with_or_without_parameters(segment: &[u8]) -> bool {
-    let name = match segment.iter().position(|&b| b == b';') {
-        Some(i) => &segment[..i],
-        None => segment,
-    };
+    let name = before(segment, b';');
     name == b"." || name == b".."
 }
 
@@ -503,11 +517,10 @@ fn drop_dot_segment_parameters(path: &[u8]) -> Cow<'_, [u8]> {
         if i > 0 {
             out.push(b'/');
         }
-        match segment.iter().position(|&b| b == b';') {
-            Some(at) if is_dot_segment_with_or_without_parameters(segment) => {
-                out.extend_from_slice(&segment[..at]);
-            }
-            _ => out.extend_from_slice(segment),
+        if is_dot_segment_with_or_without_parameters(segment) {
+            out.extend_from_slice(before(segment, b';'));
+        } else {
+            out.extend_from_slice(segment);
         }
     }
     Cow::Owned(out)
@@ -517,10 +530,8 @@ fn drop_dot_segment_parameters(path: &[u8]) -> Cow<'_, [u8]> {
 /// and `KEEP_UNCHANGED`: the path part (the query is cut off) in Envoy's
 /// normal form. `Err` where Envoy refuses the request.
 pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathRefusal> {
-    let path = match raw.find('?') {
-        Some(i) => &raw[..i],
-        None => raw,
-    };
+    // split yields at least one piece.
+    let path = raw.split('?').next().unwrap_or(raw);
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathRefusal::NotOriginForm);
@@ -550,10 +561,8 @@ impl PathRules {
     /// Applies the rule to a request `:path` (the query is ignored): the
     /// path and its matching key, or why it is refused.
     pub fn canonicalize<'a>(&self, raw: &'a str) -> Result<CanonicalPath<'a>, PathRefusal> {
-        let path = match raw.find('?') {
-            Some(i) => &raw[..i],
-            None => raw,
-        };
+        // split yields at least one piece.
+        let path = raw.split('?').next().unwrap_or(raw);
         let normal = normalize(path)?;
         // The rule's refusals first, so that they name the cause; then a
         // path Envoy would still change is refused too (Envoy leaves
@@ -570,12 +579,16 @@ impl PathRules {
     }
 
     /// The refusals and the matching key of a path in normal form.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the input's length (at most isize::MAX), \
+                  steps add a few bytes and subtract only what was checked to be there"
+    )]
     fn key<'a>(&self, path: &'a str) -> Result<Cow<'a, str>, PathRefusal> {
         let bytes = path.as_bytes();
         let mut copy = false;
         let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
+        while let Some(&b) = bytes.get(i) {
             if b == b'%' {
                 let value = escape_at(bytes, i).ok_or(PathRefusal::MalformedEncoding)?;
                 match value {
@@ -606,7 +619,8 @@ impl PathRules {
             }
             i += 1;
         }
-        let segments = || path[1..].split('/');
+        // A path in normal form starts with `/`.
+        let segments = || path.strip_prefix('/').unwrap_or(path).split('/');
         let count = segments().count();
         for (n, segment) in segments().enumerate() {
             let s = segment.as_bytes();
@@ -653,15 +667,17 @@ impl PathRules {
         if self.keep_path_parameters {
             return segment;
         }
-        match segment.iter().position(|&b| b == b';') {
-            Some(i) => &segment[..i],
-            None => segment,
-        }
+        before(segment, b';')
     }
 
     /// Appends a segment name to the key: escapes of printable characters
     /// decoded (but `%`, `/`, `\`, `;`), other escapes in upper-case hex,
     /// letters folded unless the rule is case-sensitive.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the input's length (at most isize::MAX), \
+                  steps add a few bytes and subtract only what was checked to be there"
+    )]
     fn push_key(&self, name: &[u8], out: &mut String) {
         let fold = |b: u8| {
             if self.case_sensitive {
@@ -671,7 +687,7 @@ impl PathRules {
             }
         };
         let mut i = 0;
-        while i < name.len() {
+        while let Some(&b) = name.get(i) {
             match escape_at(name, i) {
                 Some(v)
                     if (0x21..0x7f).contains(&v) && !matches!(v, b'%' | b'/' | b'\\' | b';') =>
@@ -681,12 +697,11 @@ impl PathRules {
                 }
                 Some(v) => {
                     out.push('%');
-                    out.push(char::from(HEX_UPPER[usize::from(v >> 4)]));
-                    out.push(char::from(HEX_UPPER[usize::from(v & 15)]));
+                    out.extend(hex_digits(v).map(char::from));
                     i += 3;
                 }
                 None => {
-                    out.push(char::from(fold(name[i])));
+                    out.push(char::from(fold(b)));
                     i += 1;
                 }
             }

@@ -42,31 +42,27 @@ impl fmt::Display for RedirectError {
 impl std::error::Error for RedirectError {}
 
 fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// One level of percent-decoding (malformed escapes are left as they are).
 fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' {
-            if let (Some(h), Some(l)) = (
-                input.get(i + 1).copied().and_then(hex),
-                input.get(i + 2).copied().and_then(hex),
-            ) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
+    let mut rest = input;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            if let [h, l, after @ ..] = tail {
+                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                    out.push(h << 4 | l);
+                    rest = after;
+                    continue;
+                }
             }
         }
-        out.push(input[i]);
-        i += 1;
+        out.push(b);
+        rest = tail;
     }
     out
 }
@@ -95,12 +91,12 @@ fn check_form(form: &[u8]) -> Result<(), RedirectError> {
 /// resolved (the query and fragment are not resolved by browsers).
 fn check_resolved(form: &[u8]) -> Result<(), RedirectError> {
     check_form(form)?;
-    let end = form
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(form.len());
-    let resolved =
-        crate::path::resolve_like_a_browser(&form[..end]).ok_or(RedirectError::BadCharacter)?;
+    // The path: up to the first `?` or `#` (split yields at least one piece).
+    let path = form
+        .split(|&b| b == b'?' || b == b'#')
+        .next()
+        .unwrap_or_default();
+    let resolved = crate::path::resolve_like_a_browser(path).ok_or(RedirectError::BadCharacter)?;
     check_form(&resolved)
 }
 

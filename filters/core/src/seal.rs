@@ -210,7 +210,8 @@ pub fn key_id(key: &[u8; KEY_LEN]) -> u8 {
     let mut h = Sha256::new();
     h.update(b"portcullis-seal-key-id");
     h.update(key);
-    h.finalize()[0]
+    let [id, ..]: [u8; 32] = h.finalize().into();
+    id
 }
 
 impl Sealer {
@@ -221,7 +222,7 @@ impl Sealer {
             return None;
         }
         for (i, k) in keys.iter().enumerate() {
-            if keys[..i].contains(k) {
+            if keys.iter().take(i).any(|earlier| earlier == k) {
                 return None;
             }
         }
@@ -235,7 +236,11 @@ impl Sealer {
     }
 
     fn aad(version: u8, cookie_name: &str, app_id: &str, key_id: u8) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(32 + cookie_name.len() + app_id.len());
+        let mut aad = Vec::with_capacity(
+            32usize
+                .saturating_add(cookie_name.len())
+                .saturating_add(app_id.len()),
+        );
         aad.extend_from_slice(b"portcullis-seal");
         aad.push(version);
         aad.push(key_id);
@@ -258,8 +263,12 @@ impl Sealer {
         plaintext: &[u8],
         random: [u8; SEAL_RANDOM_LEN],
     ) -> Result<String, SealError> {
-        let raw_len = V2_HEADER_LEN + plaintext.len() + TAG_LEN;
-        let size = cookie_name.len() + 1 + raw_len.div_ceil(3) * 4;
+        // Saturating: a length near usize::MAX is simply too large.
+        let raw_len = plaintext.len().saturating_add(V2_HEADER_LEN + TAG_LEN);
+        let size = cookie_name
+            .len()
+            .saturating_add(1)
+            .saturating_add(raw_len.div_ceil(3).saturating_mul(4));
         // base64 without padding is at most this long; check before working.
         if size > MAX_COOKIE_PAIR_LEN + 3 {
             return Err(SealError::TooLarge {
@@ -287,7 +296,10 @@ impl Sealer {
         raw.extend_from_slice(salt);
         raw.extend_from_slice(&ciphertext);
         let value = URL_SAFE_NO_PAD.encode(raw);
-        let size = cookie_name.len() + 1 + value.len();
+        let size = cookie_name
+            .len()
+            .saturating_add(1)
+            .saturating_add(value.len());
         if size > MAX_COOKIE_PAIR_LEN {
             return Err(SealError::TooLarge {
                 size,
@@ -304,21 +316,26 @@ impl Sealer {
             return Err(OpenError);
         }
         let raw = URL_SAFE_NO_PAD.decode(value).map_err(|_| OpenError)?;
-        let (&version, rest) = raw.split_first().ok_or(OpenError)?;
+        let &version = raw.first().ok_or(OpenError)?;
         let header_len = match version {
             SEAL_VERSION => V2_HEADER_LEN,
             LEGACY_SEAL_VERSION => V1_HEADER_LEN,
             _ => return Err(OpenError),
         };
-        if raw.len() < header_len + TAG_LEN {
+        // The header (version, key id, nonce, salt), then at least a tag.
+        let (header, ciphertext_and_tag) = raw.split_at_checked(header_len).ok_or(OpenError)?;
+        if ciphertext_and_tag.len() < TAG_LEN {
             return Err(OpenError);
         }
-        let id = rest[0];
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&raw[2..2 + NONCE_LEN]);
-        let salt = &raw[2 + NONCE_LEN..header_len];
+        let [_, id, nonce_and_salt @ ..] = header else {
+            return Err(OpenError);
+        };
+        let id = *id;
+        let (nonce, salt) = nonce_and_salt
+            .split_at_checked(NONCE_LEN)
+            .ok_or(OpenError)?;
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError)?;
         let aad = Self::aad(version, cookie_name, app_id, id);
-        let ciphertext_and_tag = &raw[header_len..];
         self.keys
             .iter()
             .filter(|k| k.id == id)

@@ -6,6 +6,21 @@
 //! ([`portcullis_core::pipeline::PipelineConfig`]). The request header map is
 //! read once per request and shared by the stages, and the identity goes from
 //! preauth to conditional access in memory.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use portcullis_proxy_wasm::Layout;
 

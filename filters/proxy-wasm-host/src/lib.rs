@@ -7,6 +7,21 @@
 //! Between preauth and conditional access the identity travels in memory when
 //! both run in this module, else in the stream's filter state
 //! ([`portcullis_core::oidc::handoff`]), as between the single-stage modules.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unreachable,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::unreachable,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 mod host;
 mod preauth;
@@ -450,10 +465,14 @@ impl RootContext for Root {
         let Some(p) = self.pipeline.clone() else {
             return;
         };
-        self.ticks += 1;
+        self.ticks = self.ticks.wrapping_add(1);
         if p.ca.is_some() {
             let every = if p.preauth.is_some() {
-                (LOG_LEVEL_REFRESH.as_millis() / preauth::TICK.as_millis()).max(1) as u64
+                LOG_LEVEL_REFRESH
+                    .as_millis()
+                    .checked_div(preauth::TICK.as_millis())
+                    .map_or(1, |n| u64::try_from(n).unwrap_or(u64::MAX))
+                    .max(1)
             } else {
                 1
             };

@@ -51,7 +51,7 @@ enum DocKind {
 
 /// A provider document as published in shared data: fetch time (8 bytes, BE) then the body.
 fn pack(fetched_at: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + body.len());
+    let mut v = Vec::with_capacity(body.len().saturating_add(8));
     v.extend_from_slice(&fetched_at.to_be_bytes());
     v.extend_from_slice(body);
     v
@@ -271,7 +271,7 @@ impl PreauthVm {
                         Some((at, Ok(k))) => {
                             p.keys = Some(k);
                             p.keys_at = at;
-                            p.keys_generation += 1;
+                            p.keys_generation = p.keys_generation.saturating_add(1);
                         }
                         // Keep the last good keys.
                         Some((_, Err(e))) => log::warn!("{PREFIX}: shared JWKS refused: {e}"),
@@ -297,13 +297,15 @@ impl PreauthVm {
         match kind {
             DocKind::Metadata => {
                 matches!(settings.endpoints, Endpoints::Discover(_))
-                    && (p.metadata.is_none() || p.metadata_at + settings.jwks_refresh_secs <= now)
+                    && (p.metadata.is_none()
+                        || p.metadata_at.saturating_add(settings.jwks_refresh_secs) <= now)
             }
             DocKind::Jwks => {
                 p.metadata.is_some()
                     && (p.keys.is_none()
-                        || p.keys_at + settings.jwks_refresh_secs <= now
-                        || (p.force_keys && p.keys_at + MIN_FORCED_REFETCH_SECS <= now))
+                        || p.keys_at.saturating_add(settings.jwks_refresh_secs) <= now
+                        || (p.force_keys
+                            && p.keys_at.saturating_add(MIN_FORCED_REFETCH_SECS) <= now))
             }
         }
     }
@@ -319,7 +321,12 @@ impl PreauthVm {
                 }
             }
         }
-        hostcalls::set_shared_data(&lease_key, Some(&(now + LEASE_SECS).to_be_bytes()), cas).is_ok()
+        hostcalls::set_shared_data(
+            &lease_key,
+            Some(&now.saturating_add(LEASE_SECS).to_be_bytes()),
+            cas,
+        )
+        .is_ok()
     }
 
     fn release_lease(key: &str) {
@@ -364,7 +371,7 @@ impl PreauthVm {
                             "{PREFIX}: cannot fetch {url} through cluster `{}`: {e}",
                             settings.cluster
                         );
-                        *p.retry_after(kind) = now + RETRY_SECS;
+                        *p.retry_after(kind) = now.saturating_add(RETRY_SECS);
                         Self::release_lease(&key);
                     }
                 }
@@ -406,7 +413,7 @@ impl PreauthVm {
         };
         if kind == DocKind::Jwks {
             p.force_keys = false;
-            p.keys_generation += 1;
+            p.keys_generation = p.keys_generation.saturating_add(1);
         }
         match result {
             Ok(()) => {
@@ -420,7 +427,7 @@ impl PreauthVm {
                     "{PREFIX}: {kind:?} fetch for app {} failed: {e}",
                     app_config.id
                 );
-                *p.retry_after(kind) = now + RETRY_SECS;
+                *p.retry_after(kind) = now.saturating_add(RETRY_SECS);
             }
         }
     }
@@ -430,7 +437,9 @@ impl PreauthVm {
         let apps = &self.apps;
         let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
             .into_iter()
-            .partition(|w| satisfied(apps, w) || now_ms >= w.since_ms + WAIT_LIMIT_MS);
+            .partition(|w| {
+                satisfied(apps, w) || now_ms >= w.since_ms.saturating_add(WAIT_LIMIT_MS)
+            });
         self.waiters = waiting;
         ready
             .into_iter()
@@ -483,7 +492,7 @@ pub fn on_tick(vm: &Rc<RefCell<PreauthVm>>) -> Vec<Resume> {
     let now = now_ms() / 1000;
     {
         let mut v = vm.borrow_mut();
-        v.ticks += 1;
+        v.ticks = v.ticks.wrapping_add(1);
         let missing = v
             .apps
             .iter()
@@ -548,7 +557,7 @@ pub fn on_call_answer(
             return Vec::new();
         }
         if status.is_none() {
-            let denial = if now >= x.started_ms + x.timeout_ms.saturating_sub(50) {
+            let denial = if now >= x.started_ms.saturating_add(x.timeout_ms.saturating_sub(50)) {
                 Denial::TokenExchangeTimeout
             } else {
                 Denial::TokenExchangeFailed
@@ -824,7 +833,8 @@ fn finish(
             let Some(p) = vm.apps.get_mut(pending.app) else {
                 return;
             };
-            let can_refetch = p.keys.is_none() || p.keys_at + MIN_FORCED_REFETCH_SECS <= now;
+            let can_refetch =
+                p.keys.is_none() || p.keys_at.saturating_add(MIN_FORCED_REFETCH_SECS) <= now;
             if retried || !can_refetch {
                 let denial = if p.keys.is_none() {
                     Denial::KeysUnavailable

@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod idp;
 pub mod idp_django;
 pub mod loadgen;
+pub mod redis;
 pub mod sample_app;
 pub mod signin;
 pub mod stack;

@@ -68,20 +68,34 @@ impl Ports {
     }
 }
 
-/// Where the native binaries are: `$PORTCULLIS_BIN_DIR`, else `target/release`
-/// if it has them, else `target/debug`.
+/// Where the native binaries are: `$PORTCULLIS_BIN_DIR`, else the newer of
+/// `target/native` (`scripts/build.sh`, panic = "unwind") and `target/debug`
+/// (`cargo test`) that has them, so a stale build is never picked over a fresh one.
 pub fn bin_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("PORTCULLIS_BIN_DIR") {
         return Ok(PathBuf::from(d));
     }
     let target = crate::repo_root().join("target");
-    for profile in ["release", "debug"] {
+    let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
+    for profile in ["native", "debug"] {
         let dir = target.join(profile);
-        if dir.join("portcullis-edge").exists() && dir.join("portcullis-connector").exists() {
-            return Ok(dir);
+        let (edge, connector) = (
+            dir.join("portcullis-edge"),
+            dir.join("portcullis-connector"),
+        );
+        if edge.exists() && connector.exists() {
+            let built = std::fs::metadata(&edge)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            if found.as_ref().is_none_or(|(t, _)| built > *t) {
+                found = Some((built, dir));
+            }
         }
     }
-    bail!("portcullis-edge / portcullis-connector not built: run `make build` (or `cargo build -p portcullis-connector --bins`)")
+    match found {
+        Some((_, dir)) => Ok(dir),
+        None => bail!("portcullis-edge / portcullis-connector not built: run `make build` (or `cargo build -p portcullis-connector --bins`)"),
+    }
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) on drop.

@@ -106,14 +106,23 @@ impl BodyMatcher {
         let mut starts = [false; 256];
         for f in &forms {
             if let Some(&b) = f.anchor.first() {
-                starts[usize::from(b.to_ascii_lowercase())] = true;
-                starts[usize::from(b.to_ascii_uppercase())] = true;
+                for b in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
+                    // 256 entries: every byte has one.
+                    if let Some(s) = starts.get_mut(usize::from(b)) {
+                        *s = true;
+                    }
+                }
             }
         }
         // anchor, `:` and up to five port digits, the prefix, one boundary byte.
         let longest = forms
             .iter()
-            .map(|f| f.anchor.len() + 6 + f.base.len() + 1)
+            .map(|f| {
+                f.anchor
+                    .len()
+                    .saturating_add(f.base.len())
+                    .saturating_add(7)
+            })
             .max()
             .unwrap_or(0);
         Self {
@@ -154,6 +163,11 @@ impl BodyMatcher {
 }
 
 impl Form {
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the data's length (at most isize::MAX), \
+                  steps add a byte or a match's length, and a port has at most five digits"
+    )]
     fn attempt(&self, data: &[u8], i: usize, eof: bool) -> Attempt {
         // Running out of data mid-pattern: undecided, unless the body has ended.
         let short = if eof {
@@ -267,6 +281,11 @@ impl BodyRewriter {
 
     /// Feeds one chunk and returns the bytes to send on in its place. With
     /// `end_of_stream` everything held back is released.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the data's length (at most isize::MAX), \
+                  steps add a byte or a match's length, and a port has at most five digits"
+    )]
     pub fn push(&mut self, matcher: &BodyMatcher, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         self.seen = self.seen.saturating_add(chunk.len() as u64);
         if self.limit_reached || self.seen > self.limit {
@@ -287,32 +306,38 @@ impl BodyRewriter {
         let mut out = Vec::with_capacity(data.len() + data.len() / 16);
         let mut emitted = 0;
         let mut i = 0;
-        while i < data.len() {
-            if !matcher.starts[usize::from(data[i])] {
+        // Invariant: emitted <= i < data.len() in the loop, so the `get`s
+        // below always find their bytes.
+        while let Some(&b) = data.get(i) {
+            // 256 entries: every byte has one (a missing one would only cost an attempt).
+            if !matcher.starts.get(usize::from(b)).copied().unwrap_or(true) {
                 i += 1;
                 continue;
             }
-            let prev = if i == 0 { self.prev } else { Some(data[i - 1]) };
+            let prev = match i.checked_sub(1) {
+                None => self.prev,
+                Some(before) => data.get(before).copied(),
+            };
             match matcher.attempt(data, i, prev, end_of_stream) {
                 Attempt::NoMatch => i += 1,
                 Attempt::Match(len, k) => {
-                    out.extend_from_slice(&data[emitted..i]);
+                    out.extend_from_slice(data.get(emitted..i).unwrap_or_default());
                     if let Some(f) = matcher.forms.get(k) {
                         out.extend_from_slice(&f.replacement);
                     }
-                    self.rewrites += 1;
+                    self.rewrites = self.rewrites.saturating_add(1);
                     i += len.max(1);
                     emitted = i;
                 }
                 Attempt::NeedMore => {
-                    out.extend_from_slice(&data[emitted..i]);
-                    self.carry = data[i..].to_vec();
+                    out.extend_from_slice(data.get(emitted..i).unwrap_or_default());
+                    self.carry = data.get(i..).unwrap_or_default().to_vec();
                     self.prev = prev;
                     return out;
                 }
             }
         }
-        out.extend_from_slice(&data[emitted..]);
+        out.extend_from_slice(data.get(emitted..).unwrap_or_default());
         if let Some(&last) = data.last() {
             self.prev = Some(last);
         }

@@ -33,12 +33,19 @@ impl Default for ProxyCookieNames {
     }
 }
 
+/// True if `s` starts with `prefix`, ASCII case-insensitively.
+fn starts_with_ignore_ascii_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 /// Removes a leading `__Host-` or `__Secure-` (ASCII case-insensitive).
 pub fn strip_cookie_prefix(name: &str) -> &str {
     for p in ["__host-", "__secure-"] {
-        if name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()) {
+        if starts_with_ignore_ascii_case(name, p) {
             // The prefix is ASCII, so its end is a character boundary.
-            return &name[p.len()..];
+            return name.get(p.len()..).unwrap_or(name);
         }
     }
     name
@@ -114,10 +121,10 @@ impl ProxyCookieNames {
         let base =
             strip_cookie_prefix(name.trim_matches(|c: char| c.is_whitespace() || c.is_control()));
         self.names.iter().any(|n| base.eq_ignore_ascii_case(n))
-            || self.prefixes.iter().any(|p| {
-                base.len() >= p.len()
-                    && base.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            })
+            || self
+                .prefixes
+                .iter()
+                .any(|p| starts_with_ignore_ascii_case(base, p))
     }
 }
 

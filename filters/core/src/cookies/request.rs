@@ -50,24 +50,22 @@ pub fn strip_proxy_cookies_bytes(
     values: &[&[u8]],
 ) -> (CookieHeaderAction<Vec<u8>>, usize) {
     let mut kept: Vec<&[u8]> = Vec::new();
-    let mut removed = 0;
+    let mut removed: usize = 0;
     for value in values {
         for piece in value.split(|&b| b == b';') {
             let piece = trim_ows(piece);
             if piece.is_empty() {
                 continue;
             }
-            let name = match piece.iter().position(|&b| b == b'=') {
-                Some(i) => &piece[..i],
-                None => piece,
-            };
+            // Up to the first `=` (split yields at least one piece).
+            let name = piece.split(|&b| b == b'=').next().unwrap_or(piece);
             // Our names are ASCII. Bytes outside printable ASCII at either end
             // (controls, obs-text such as a Latin-1 NBSP) are trimmed first, as
             // a lenient parser behind us would; what is left must be UTF-8.
             let name = trim_non_token_edges(name);
             let ours = std::str::from_utf8(name).is_ok_and(|n| names.is_proxy_cookie(n));
             if ours {
-                removed += 1;
+                removed = removed.saturating_add(1);
             } else {
                 kept.push(piece);
             }

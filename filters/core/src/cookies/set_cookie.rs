@@ -105,7 +105,10 @@ pub fn apply_set_cookie(
     let Some((policy, mapping)) = app else {
         return SetCookieOutcome::Unchanged;
     };
-    let host_prefixed = name.len() >= 7 && name.as_bytes()[..7].eq_ignore_ascii_case(b"__host-");
+    let host_prefixed = name
+        .as_bytes()
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"__host-"));
     let ext_host_is_ip = mapping.external.host.starts_with('[')
         || mapping
             .external
@@ -116,7 +119,7 @@ pub fn apply_set_cookie(
     let mut attrs: Vec<String> = Vec::new();
     let mut changed = false;
     let (mut has_secure, mut has_http_only) = (false, false);
-    let mut same_site_attrs = 0;
+    let mut same_site_attrs: u32 = 0;
     let mut app_same_site: Option<SameSite> = None;
     for attr in parts {
         let attr = attr.trim_matches([' ', '\t']);
@@ -133,7 +136,7 @@ pub fn apply_set_cookie(
         } else if aname.eq_ignore_ascii_case("httponly") {
             has_http_only = true;
         } else if aname.eq_ignore_ascii_case("samesite") {
-            same_site_attrs += 1;
+            same_site_attrs = same_site_attrs.saturating_add(1);
             // Browsers use the last one; an unknown value counts as unset.
             app_same_site = SameSite::parse(aval);
             if policy.same_site.is_some() {
@@ -145,9 +148,9 @@ pub fn apply_set_cookie(
             let internal = &mapping.internal.host;
             let is_internal = !domain.is_empty()
                 && (domain == *internal
-                    || (internal.len() > domain.len()
-                        && internal.ends_with(&domain)
-                        && internal.as_bytes()[internal.len() - domain.len() - 1] == b'.'));
+                    || internal
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|head| head.ends_with('.')));
             if is_internal {
                 changed = true;
                 if policy.domain == DomainPolicy::Rewrite && !ext_host_is_ip {
@@ -193,7 +196,7 @@ pub fn apply_set_cookie(
     if !changed {
         return SetCookieOutcome::Unchanged;
     }
-    let mut out = String::with_capacity(value.len() + 32);
+    let mut out = String::with_capacity(value.len().saturating_add(32));
     out.push_str(first);
     for a in &attrs {
         out.push_str("; ");

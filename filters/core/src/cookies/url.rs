@@ -72,10 +72,10 @@ impl Endpoint {
             .split_once("://")
             .ok_or_else(|| bad("is not an absolute URL (scheme://host[:port][/path])"))?;
         let scheme = Scheme::parse(scheme).ok_or_else(|| bad("must use http or https"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
+        let (authority, path) = rest
+            .find('/')
+            .and_then(|i| rest.split_at_checked(i))
+            .unwrap_or((rest, ""));
         if authority.contains('@') {
             return Err(bad("must not contain userinfo"));
         }
@@ -130,9 +130,9 @@ impl Endpoint {
 /// absent, as in the URL standard. Returns `None` for a malformed authority.
 pub(crate) fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let host = &authority[..end + 2];
-        let after = &rest[end + 1..];
+        let (inside, after) = rest.split_once(']')?;
+        // `[`, the inside and `]`.
+        let host = authority.get(..inside.len().saturating_add(2))?;
         match after.strip_prefix(':') {
             Some(p) => (host, Some(p)),
             None if after.is_empty() => (host, None),
@@ -203,6 +203,12 @@ pub fn host_to_ascii(host: &str) -> Option<String> {
 }
 
 /// RFC 3492 punycode encoding of one label (without the `xn--` prefix).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "RFC 3492's encoder: delta and n are checked against overflow as the RFC requires; \
+              the rest is bounded (m >= n by the filter, h < the label's length, t < BASE, \
+              bias and k stay within a few times BASE for a label's worth of digits)"
+)]
 fn punycode_encode(input: &[char]) -> Option<String> {
     const BASE: u32 = 36;
     const TMIN: u32 = 1;
@@ -312,7 +318,13 @@ impl UrlMapping {
         if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
             return None;
         }
-        let mut out = String::with_capacity(self.external.base.len() + rest.len() + 1);
+        let mut out = String::with_capacity(
+            self.external
+                .base
+                .len()
+                .saturating_add(rest.len())
+                .saturating_add(1),
+        );
         out.push_str(&self.external.base);
         if !rest.starts_with('/') && self.external.base.is_empty() {
             out.push('/');
@@ -328,12 +340,12 @@ impl UrlMapping {
         let (scheme_relative, after) = if let Some(after) = url.strip_prefix("//") {
             (true, after)
         } else {
-            let colon = url.find(':')?;
-            let scheme = Scheme::parse(&url[..colon])?;
+            let (scheme, rest) = url.split_once(':')?;
+            let scheme = Scheme::parse(scheme)?;
             if scheme != self.internal.scheme {
                 return None;
             }
-            (false, url[colon + 1..].strip_prefix("//")?)
+            (false, rest.strip_prefix("//")?)
         };
         let end = after.find(['/', '?', '#']).unwrap_or(after.len());
         let (authority, path_and_more) = after.split_at(end);
@@ -382,38 +394,51 @@ impl UrlMapping {
 
     /// Translates the URL of a `Refresh` value (`5; url=http://…`, quotes
     /// allowed, `url=` optional). `None` means unchanged.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the value's length (at most isize::MAX) \
+                  and steps add a byte or the length of what was found after the position"
+    )]
     pub fn translate_refresh(&self, value: &str) -> Option<String> {
-        let sep = value.find([';', ','])?;
-        let after = &value[sep + 1..];
+        let (_, after) = value.split_once([';', ','])?;
         let trimmed = after.trim_start_matches([' ', '\t']);
         let mut start = value.len() - trimmed.len();
-        if trimmed.len() >= 4 && trimmed.as_bytes()[..3].eq_ignore_ascii_case(b"url") {
-            // The first three bytes are ASCII, so index 3 is a character boundary.
-            let rest = trimmed[3..].trim_start_matches([' ', '\t']);
+        if let Some((_, rest)) = trimmed
+            .split_at_checked(3)
+            .filter(|(url, rest)| url.eq_ignore_ascii_case("url") && !rest.is_empty())
+        {
+            let rest = rest.trim_start_matches([' ', '\t']);
             if let Some(rest) = rest.strip_prefix('=') {
                 let rest = rest.trim_start_matches([' ', '\t']);
                 start = value.len() - rest.len();
             }
         }
-        let url_part = &value[start..];
+        // start and end are suffix lengths and ASCII quotes away from
+        // boundaries: each `get` succeeds (None would leave the value as it is).
+        let url_part = value.get(start..)?;
         let end = if let Some(q) = url_part.chars().next().filter(|c| *c == '\'' || *c == '"') {
             start += 1;
-            let quoted = &value[start..];
+            let quoted = value.get(start..)?;
             start + quoted.find(q).unwrap_or(quoted.len())
         } else {
             start + url_part.trim_end().len()
         };
-        let translated = self.translate_location(&value[start..end])?;
+        let translated = self.translate_location(value.get(start..end)?)?;
         Some(format!(
             "{}{}{}",
-            &value[..start],
+            value.get(..start)?,
             translated,
-            &value[end..]
+            value.get(end..)?
         ))
     }
 
     /// Translates every `<url>` of a `Link` value (several links separated by
     /// commas; quoted parameter values are skipped). `None` means unchanged.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "cursor arithmetic: positions are below the value's length (at most isize::MAX) \
+                  and steps add a byte or the length of what was found after the position"
+    )]
     pub fn translate_link(&self, value: &str) -> Option<String> {
         let bytes = value.as_bytes();
         let mut out = String::with_capacity(value.len() + 16);
@@ -421,15 +446,17 @@ impl UrlMapping {
         let mut changed = false;
         let mut i = 0;
         let mut quoted = false;
-        while i < bytes.len() {
-            match bytes[i] {
+        // i is at ASCII bytes (`<`) and copied just after one (`>`): each
+        // `get` succeeds (None would leave the value as it is).
+        while let Some(&b) = bytes.get(i) {
+            match b {
                 b'\\' if quoted => i += 1,
                 b'"' => quoted = !quoted,
                 b'<' if !quoted => {
-                    if let Some(len) = value[i + 1..].find('>') {
-                        let inner = &value[i + 1..i + 1 + len];
+                    if let Some((inner, _)) = value.get(i + 1..).and_then(|v| v.split_once('>')) {
+                        let len = inner.len();
                         if let Some(t) = self.translate_location(inner) {
-                            out.push_str(&value[copied..=i]);
+                            out.push_str(value.get(copied..=i)?);
                             out.push_str(&t);
                             copied = i + 1 + len;
                             changed = true;
@@ -444,7 +471,7 @@ impl UrlMapping {
         if !changed {
             return None;
         }
-        out.push_str(&value[copied..]);
+        out.push_str(value.get(copied..)?);
         Some(out)
     }
 

@@ -60,7 +60,8 @@ impl LoginState {
 
     /// True while the login may still complete (≤ 10 minutes, not from the future).
     pub fn is_fresh(&self, now: u64) -> bool {
-        now.saturating_add(60) >= self.issued_at && now <= self.issued_at + LOGIN_STATE_TTL_SECS
+        now.saturating_add(60) >= self.issued_at
+            && now <= self.issued_at.saturating_add(LOGIN_STATE_TTL_SECS)
     }
 
     /// Compact encoding for sealing.
@@ -83,11 +84,8 @@ pub fn code_challenge(verifier: &str) -> String {
 /// `-login-` and 8 hex digits of SHA-256(state), so parallel logins in several
 /// tabs each keep their own cookie.
 pub fn state_cookie_name(session_cookie: &str, state: &str) -> String {
-    let h = Sha256::digest(state.as_bytes());
-    format!(
-        "{session_cookie}-login-{:02x}{:02x}{:02x}{:02x}",
-        h[0], h[1], h[2], h[3]
-    )
+    let [a, b, c, d, ..]: [u8; 32] = Sha256::digest(state.as_bytes()).into();
+    format!("{session_cookie}-login-{a:02x}{b:02x}{c:02x}{d:02x}")
 }
 
 /// Most sign-ins a browser may have in flight at once (one login-state cookie
@@ -109,8 +107,9 @@ pub fn pending_login_cookies(headers: &[(String, String)], session_cookie: &str)
     {
         for pair in value.split(';') {
             let name = pair.split('=').next().unwrap_or("").trim();
-            if name.len() == prefix.len() + 8
-                && name.starts_with(&prefix)
+            if name
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|digits| digits.len() == 8)
                 && !names.iter().any(|n| n == name)
             {
                 names.push(name.to_string());

@@ -294,7 +294,10 @@ pub fn on_request(
             );
         }
     };
-    let app = &config.apps[app_index];
+    // select_app returns indexes into config.apps; fail closed all the same.
+    let Some(app) = config.apps.get(app_index) else {
+        return deny(app::route_app_unknown(), req);
+    };
     let Some(settings) = &app.oidc else {
         return Decision::Continue {
             remove,

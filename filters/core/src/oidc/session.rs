@@ -366,17 +366,17 @@ impl SessionCache {
 
     fn get(&mut self, settings: &OidcSettings, key: &[u8; 32], now: u64) -> Option<Session> {
         let i = self.entries.iter().position(|e| e.key == *key)?;
-        if now >= self.entries[i].identity.exp {
+        let e = self.entries.get_mut(i)?;
+        if now >= e.identity.exp {
             self.entries.swap_remove(i);
             return None;
         }
-        self.hits += 1;
-        let e = &mut self.entries[i];
+        self.hits = self.hits.saturating_add(1);
         if settings.assertion.needs_resign(e.assertion_exp, now) {
             let (token, exp) = sign_assertion(settings, &e.identity, now);
             e.assertion = token;
             e.assertion_exp = exp;
-            self.signatures += 1;
+            self.signatures = self.signatures.saturating_add(1);
         }
         Some(Session {
             identity: e.identity.clone(),
@@ -392,7 +392,7 @@ impl SessionCache {
         now: u64,
     ) -> Session {
         let (assertion, assertion_exp) = sign_assertion(settings, &identity, now);
-        self.signatures += 1;
+        self.signatures = self.signatures.saturating_add(1);
         let session = Session {
             identity: identity.clone(),
             assertion: assertion.clone(),
@@ -406,9 +406,12 @@ impl SessionCache {
         if self.entries.len() < Self::CAPACITY {
             self.entries.push(entry);
         } else {
+            // The cache is full (len == CAPACITY): slot is in range.
             let slot = self.next % Self::CAPACITY;
-            self.entries[slot] = entry;
-            self.next = slot + 1;
+            if let Some(old) = self.entries.get_mut(slot) {
+                *old = entry;
+            }
+            self.next = slot.saturating_add(1);
         }
         session
     }

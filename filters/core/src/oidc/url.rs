@@ -46,11 +46,12 @@ impl HttpUrl {
             return Err(UrlError("URL must not have a fragment"));
         }
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let authority = &rest[..end];
+        let (authority, tail) = rest
+            .split_at_checked(end)
+            .ok_or(UrlError("URL has no valid host"))?;
         if authority.is_empty() || authority.contains('@') || authority.contains('\\') {
             return Err(UrlError("URL has no valid host"));
         }
-        let tail = &rest[end..];
         let path_and_query = if tail.starts_with('/') {
             tail.to_string()
         } else {
@@ -95,9 +96,11 @@ pub fn percent_encode(text: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
+            // Both nibbles are below 16: each `get` finds its digit.
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
             out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+            out.extend(HEX.get(usize::from(b >> 4)).map(|&d| char::from(d)));
+            out.extend(HEX.get(usize::from(b & 15)).map(|&d| char::from(d)));
         }
     }
     out
@@ -113,41 +116,37 @@ pub fn form_encode(params: &[(&str, &str)]) -> String {
 }
 
 fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Decodes one form component (`+` is a space). `None` if malformed or not UTF-8.
 pub fn form_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
+    let mut rest = text.as_bytes();
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
             b'+' => out.push(b' '),
             b'%' => {
-                let h = bytes.get(i + 1).copied().and_then(hex)?;
-                let l = bytes.get(i + 2).copied().and_then(hex)?;
-                out.push(h * 16 + l);
-                i += 2;
+                let [h, l, after @ ..] = rest else {
+                    return None;
+                };
+                out.push(hex(*h)? << 4 | hex(*l)?);
+                rest = after;
             }
             b => out.push(b),
         }
-        i += 1;
     }
     String::from_utf8(out).ok()
 }
 
 /// The decoded query parameters of a `:path` (malformed pairs are skipped).
 pub fn query_params(path: &str) -> Vec<(String, String)> {
-    let Some(start) = path.find('?') else {
+    let Some((_, query)) = path.split_once('?') else {
         return Vec::new();
     };
-    let query = &path[start + 1..];
     let query = query.split('#').next().unwrap_or("");
     query
         .split('&')

@@ -79,7 +79,7 @@ pub fn forwarded_for(xff: &str, trusted_hops: u8) -> Result<IpAddr, AddressError
     }
     let entry = xff
         .rsplit(',')
-        .nth(usize::from(trusted_hops) - 1)
+        .nth(usize::from(trusted_hops).saturating_sub(1))
         .ok_or(AddressError::ForwardedMissing)?;
     if entry.trim().is_empty() {
         // `, 1.2.3.4` — an empty entry is a broken chain, not a shorter one.

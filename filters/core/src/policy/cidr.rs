@@ -36,19 +36,17 @@ impl fmt::Display for CidrError {
 impl std::error::Error for CidrError {}
 
 fn mask4(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    }
+    // A shift by 32 (len 0) is no bits; len is at most 32 (checked at parse).
+    u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(len)))
+        .unwrap_or(0)
 }
 
 fn mask6(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    }
+    // A shift by 128 (len 0) is no bits; len is at most 128 (checked at parse).
+    u128::MAX
+        .checked_shl(128u32.saturating_sub(u32::from(len)))
+        .unwrap_or(0)
 }
 
 impl Cidr {

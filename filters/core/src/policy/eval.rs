@@ -258,8 +258,9 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let Some(&first) = n.first() else {
         return true;
     };
-    h.windows(n.len())
-        .any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(n))
+    h.windows(n.len()).any(|w| {
+        w.first().is_some_and(|c| c.eq_ignore_ascii_case(&first)) && w.eq_ignore_ascii_case(n)
+    })
 }
 
 /// The device platform named by a `User-Agent` (heuristic, order matters:

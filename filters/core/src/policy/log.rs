@@ -13,6 +13,11 @@ use serde::Serialize;
 use std::net::IpAddr;
 
 /// `YYYY-MM-DDThh:mm:ssZ` for Unix seconds.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "days <= u64::MAX / 86_400 (about 2.1e14) fits i64, and no step of the civil-from-days \
+              computation goes past a few times that: nothing can overflow or divide by zero"
+)]
 pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
