@@ -59,6 +59,27 @@ impl RequestHead {
         }
     }
 
+    /// An earlier stage removed every value of the headers `remove` and
+    /// replaced every value of each header of `set` by that one value: the
+    /// head follows, so a later stage of the same module sees the request as
+    /// the next filter of a split chain would. Names compare as Envoy's do
+    /// (case-insensitively); the values move in without a copy.
+    pub fn replace(&mut self, remove: &[String], set: Vec<(String, String)>) {
+        let touched = |n: &str| {
+            remove.iter().any(|r| r.eq_ignore_ascii_case(n))
+                || set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n))
+        };
+        if touched("cookie") {
+            self.raw_cookies = set
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                .map(|(_, v)| v.as_bytes().to_vec())
+                .collect();
+        }
+        self.headers.retain(|(n, _)| !touched(n));
+        self.headers.extend(set);
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -310,6 +331,31 @@ mod tests {
             Some("1.2.3.4,5.6.7.8")
         );
         assert_eq!(head.request_id(7), "ctx-7");
+    }
+
+    #[test]
+    fn a_stages_edits_apply_to_the_head_as_to_the_header_map() {
+        let mut head = RequestHead::from_raw(vec![
+            ("x-real-ip".into(), b"1.2.3.4".to_vec()),
+            ("X-Portcullis-Country".into(), b"FR".to_vec()),
+            ("x-real-ip".into(), b"5.6.7.8".to_vec()),
+            ("x-forwarded-for".into(), b"1.2.3.4".to_vec()),
+            ("cookie".into(), b"a=1".to_vec()),
+        ]);
+        head.replace(
+            &["x-portcullis-country".into()],
+            vec![("X-Real-IP".into(), "198.51.100.7".into())],
+        );
+        assert_eq!(head.header("x-portcullis-country"), None);
+        assert_eq!(head.joined("x-real-ip").as_deref(), Some("198.51.100.7"));
+        assert_eq!(head.joined("x-forwarded-for").as_deref(), Some("1.2.3.4"));
+        assert_eq!(head.raw_cookies, vec![b"a=1".to_vec()]);
+        head.replace(&[], vec![("Cookie".into(), "b=2".into())]);
+        assert_eq!(head.raw_cookies, vec![b"b=2".to_vec()]);
+        assert_eq!(head.joined("cookie").as_deref(), Some("b=2"));
+        head.replace(&["cookie".into()], Vec::new());
+        assert!(head.raw_cookies.is_empty());
+        assert_eq!(head.header("cookie"), None);
     }
 
     #[test]

@@ -374,3 +374,171 @@ fn cost_of_a_request_through_every_stage() {
     println!("all-in-one, four stages, 20 policies, cached session: {per} wasm fuel per request");
     assert!(per <= BUDGET, "{per} > {BUDGET}");
 }
+
+/// Every stage of one all-in-one module judges the app the route names
+/// (Host exactly, without route metadata), and what the app and the later
+/// stages learn about the client is what Envoy saw, as in the split layout.
+/// Conditional access reads its country from `x-portcullis-country`, which
+/// preauth strips: a client copy must not exempt it from the step-up (the
+/// shared request head used to keep the client's headers after preauth
+/// removed them from the request; the split layout never saw them).
+fn routed_config() -> String {
+    let preauth = format!(
+        r#"{{"apps":[{{"id":"hr","hosts":["hr.localhost"],"issuer":"{ISS}","client_id":"portcullis",
+          "client_secret":"s3cret","cluster":"idp","sealing_keys":["{KEY}"],"policy_groups":["staff"],
+          "bearer":{{"audience":"api://hr"}}}},
+          {{"id":"open","hosts":["open.localhost"],"mode":"passthrough"}}]}}"#
+    );
+    let ca = r#"{"country_header": "x-portcullis-country",
+        "named_locations": {"home": {"countries": ["FR"]}},
+        "apps": {"hr": {"groups": ["staff"]}, "open": {"users": ["*"]}},
+        "hosts": {"hr.localhost": "hr", "open.localhost": "open"},
+        "policies": [{"name": "away-mfa", "apps": ["hr"],
+          "conditions": {"locations": {"include": ["all"], "exclude": ["home"]}},
+          "grant": {"mfa": true}}]}"#;
+    let cookie = r#"{"apps":[
+        {"name":"hr","internal_url":"http://hr.internal:8080","external_url":"https://hr.localhost"},
+        {"name":"open","internal_url":"http://open.internal:8080","external_url":"https://open.localhost"}]}"#;
+    format!(r#"{{"preauth": {preauth}, "conditional_access": {ca}, "cookie": {cookie}}}"#)
+}
+
+fn routed(
+    p: &mut Plugin,
+    route_app: Option<&str>,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u32, Action) {
+    let s = p.new_stream().unwrap();
+    if let Some(app) = route_app {
+        p.set_route_app(s, app).unwrap();
+    }
+    p.set_stream_property(s, "source.address", "198.51.100.20:40000")
+        .unwrap();
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", host),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("x-request-id", "rid-9"),
+    ];
+    h.extend_from_slice(extra);
+    let a = p.request_headers(s, &h, true).unwrap();
+    (s, a)
+}
+
+/// The `location` the app's redirect to `http://<internal>/next` becomes.
+fn translated_location(p: &mut Plugin, s: u32, internal: &str) -> Option<String> {
+    let location = format!("http://{internal}/next");
+    p.response_headers(s, &[(":status", "302"), ("location", &location)], true)
+        .unwrap();
+    p.response_header(s, "location")
+}
+
+#[test]
+fn every_stage_judges_the_routes_app_and_sees_what_envoy_saw() {
+    let mut p = Plugin::builder(Filter::Portcullis)
+        .config(routed_config())
+        .cluster("idp")
+        .now_secs(NOW)
+        .start()
+        .unwrap();
+    assert!(p.configured(), "{:?}", p.log_messages());
+    serve_documents(&mut p);
+    let pwd = session_cookie("alice", &["staff"], &["pwd"]);
+    let mfa = session_cookie("alice", &["staff"], &["pwd", "mfa"]);
+    let spoof = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "1.2.3.4"),
+        ("forwarded", "for=1.2.3.4;host=evil.example"),
+        ("x-original-url", "/admin"),
+    ];
+
+    // Routed to hr, whatever the Host says: preauth opens hr's session,
+    // conditional access judges hr, the cookie stage applies hr's policy, and
+    // the app gets Envoy's host and address, not the client's.
+    let mut extra = spoof.to_vec();
+    extra.push(("cookie", &mfa));
+    let (s, a) = routed(&mut p, Some("hr"), "hr.localhost.:10443", "/x", &extra);
+    assert_eq!(a, Action::Continue, "{:?}", p.local_response(s));
+    assert_eq!(
+        p.request_header(s, "x-forwarded-user").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        p.request_header(s, "x-forwarded-host").as_deref(),
+        Some("hr.localhost.:10443")
+    );
+    assert_eq!(
+        p.request_header(s, "x-real-ip").as_deref(),
+        Some("198.51.100.20")
+    );
+    for name in ["forwarded", "x-original-url"] {
+        assert_eq!(p.request_header(s, name), None, "{name}");
+    }
+    assert_eq!(p.metric("portcullis_ca.app.hr.result.allow"), Some(1));
+    assert_eq!(
+        translated_location(&mut p, s, "hr.internal:8080").as_deref(),
+        Some("https://hr.localhost/next")
+    );
+
+    // Without route metadata the Host decides, exactly: a trailing dot is no
+    // app, and preauth refuses it before any later stage runs.
+    let (s, a) = routed(&mut p, None, "hr.localhost.", "/x", &[("cookie", &mfa)]);
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(
+        (r.status, r.body_text().contains("unknown_host")),
+        (404, true)
+    );
+
+    // Routed to the passthrough app on hr's Host, hr's session is nobody's
+    // identity; conditional access and the cookie stage judge `open`.
+    let (s, a) = routed(
+        &mut p,
+        Some("open"),
+        "hr.localhost",
+        "/x",
+        &[("cookie", &mfa), ("x-forwarded-user", "mallory")],
+    );
+    assert_eq!(a, Action::Continue, "{:?}", p.local_response(s));
+    assert_eq!(p.request_header(s, "x-forwarded-user"), None);
+    assert_eq!(p.metric("portcullis_ca.app.open.result.allow"), Some(1));
+    assert_eq!(
+        translated_location(&mut p, s, "open.internal:8080").as_deref(),
+        Some("https://open.localhost/next")
+    );
+    assert_eq!(
+        translated_location(&mut p, s, "hr.internal:8080").as_deref(),
+        Some("http://hr.internal:8080/next"),
+        "hr's URLs are not translated on open's route"
+    );
+
+    // A route naming an app no stage knows is refused, not passed.
+    let (s, a) = routed(
+        &mut p,
+        Some("h-r"),
+        "hr.localhost",
+        "/x",
+        &[("cookie", &mfa)],
+    );
+    assert_eq!(a, Action::Pause);
+    let r = p.local_response(s).unwrap();
+    assert_eq!(
+        (r.status, r.body_text().contains("route_app_unknown")),
+        (500, true)
+    );
+
+    // The country header preauth strips is none for conditional access: a
+    // password-only session away from home is asked for the step-up, with or
+    // without a client copy claiming home.
+    for extra in [vec![], vec![("x-portcullis-country", "FR")]] {
+        let mut h = extra.clone();
+        h.push(("cookie", &pwd));
+        let (s, a) = routed(&mut p, Some("hr"), "hr.localhost", "/x", &h);
+        assert_eq!(a, Action::Pause, "{extra:?}: {:?}", p.local_response(s));
+        let r = p.local_response(s).unwrap();
+        assert_eq!(r.status, 401, "{extra:?}: {}", r.body_text());
+    }
+}

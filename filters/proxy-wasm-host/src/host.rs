@@ -66,6 +66,17 @@ pub fn apply(map: MapType, edits: &[HeaderEdit]) {
     }
 }
 
+/// Removes every value of the headers `remove` and replaces every value of
+/// each header of `set` by that one value.
+pub fn replace(map: MapType, remove: &[String], set: &[(String, String)]) {
+    for name in remove {
+        let _ = hostcalls::set_map_value_bytes(map, name, None);
+    }
+    for (name, value) in set {
+        let _ = hostcalls::set_map_value_bytes(map, name, Some(value.as_bytes()));
+    }
+}
+
 /// Writes the log lines of a plan.
 pub fn log_lines(lines: &[LogLine]) {
     for line in lines {

@@ -223,7 +223,16 @@ impl Pipeline {
                         .insert(context_id, Rc::clone(state));
                     return Action::Pause;
                 }
-                Step::Continue(identity) => {
+                Step::Continue(identity, changed) => {
+                    // The later stages see the request as Envoy hands it to
+                    // the next filter: without the client's copies of the
+                    // headers preauth removed, with the values it set.
+                    if self.ca.is_some() || self.cookie.is_some() {
+                        state
+                            .borrow_mut()
+                            .head
+                            .replace(&changed.remove, changed.set);
+                    }
                     if self.identity_in_memory {
                         state.borrow_mut().identity = identity;
                     } else if let Some(h) = identity {

@@ -19,7 +19,7 @@ use portcullis_core::oidc::{
     self, finish_login, finish_login_denial, Decision, LoginOutcome, Needs, PendingLogin, Provider,
     RequestView, Response,
 };
-use portcullis_core::pipeline::{HeaderEdit, RequestHead};
+use portcullis_core::pipeline::RequestHead;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use std::cell::RefCell;
@@ -154,11 +154,21 @@ pub enum Pending {
     Callback(Box<PendingLogin>),
 }
 
+/// The request headers preauth removed (every value) and set (one value each).
+#[derive(Debug)]
+pub struct HeadersChanged {
+    /// Removed.
+    pub remove: Vec<String>,
+    /// Set.
+    pub set: Vec<(String, String)>,
+}
+
 /// What the stage did with a request.
 #[derive(Debug)]
 pub enum Step {
-    /// The request goes on (headers edited), with the signed-in identity if any.
-    Continue(Option<Box<Handoff>>),
+    /// The request goes on, with the signed-in identity if any, and the
+    /// request headers removed and set (for the later stages' view of the request).
+    Continue(Option<Box<Handoff>>, HeadersChanged),
     /// The request is paused: answered locally, or waiting.
     Paused,
 }
@@ -695,15 +705,7 @@ pub fn decide(
             identity,
             app_id,
         } => {
-            let edits: Vec<HeaderEdit> = remove
-                .into_iter()
-                .map(HeaderEdit::Remove)
-                .chain(
-                    add.into_iter()
-                        .map(|(n, v)| HeaderEdit::Set(n, v.into_bytes())),
-                )
-                .collect();
-            host::apply(MapType::HttpRequestHeaders, &edits);
+            host::replace(MapType::HttpRequestHeaders, &remove, &add);
             let handoff = match (identity, app_id) {
                 (Some(identity), Some(app)) => Some(Box::new(Handoff {
                     v: HANDOFF_VERSION,
@@ -712,7 +714,7 @@ pub fn decide(
                 })),
                 _ => None,
             };
-            Step::Continue(handoff)
+            Step::Continue(handoff, HeadersChanged { remove, set: add })
         }
         Decision::Respond {
             response,
