@@ -184,14 +184,28 @@ def check_wasmplugin(p, where, doc):
         target_refs(p, where, spec, {"Gateway", "Service", "ServiceEntry", "GatewayClass"})
 
 
+# The all-in-one module: one filter whose config has a section per stage (FILTERS, `-` as `_`).
+ALL_IN_ONE = "all-in-one"
+
+
 def filter_of(name):
-    if isinstance(name, str) and name.startswith("portcullis-") and name[11:] in FILTERS:
+    if isinstance(name, str) and name.startswith("portcullis-") and name[11:] in FILTERS + [ALL_IN_ONE]:
         return name[11:]
     return None
 
 
+def stage_configs(f, cfg):
+    """[(stage, config)] of a filter's config: itself, or the sections of the all-in-one module."""
+    if f == ALL_IN_ONE:
+        return [(stage, cfg[stage.replace("-", "_")]) for stage in FILTERS
+                if isinstance(cfg, dict) and isinstance(cfg.get(stage.replace("-", "_")), dict)]
+    return [(f, cfg)]
+
+
 def check_istio_order(p, where, plugins):
     """plugins: [(filter, spec)] of one file; the chain order must be the design's."""
+    if [f for f, _ in plugins] == [ALL_IN_ONE]:
+        return  # one plugin: its stages run in chain order inside it
     if sorted(f for f, _ in plugins) != sorted(FILTERS):
         p.add(where, f"expected one WasmPlugin per filter {FILTERS}, found {[f for f, _ in plugins]}")
         return
@@ -244,6 +258,8 @@ def check_extension_policy(p, where, doc):
         need(p, ww, w, "config", dict)
         if w.get("failOpen", False) is not False:
             p.add(ww, "Portcullis filters must fail closed (failOpen: false)")
+    if names == [ALL_IN_ONE]:
+        return
     if [n for n in names if n] != FILTERS or len(names) != len(FILTERS):
         p.add(where, f"spec.wasm must list the filters in chain order {FILTERS}, found {names}")
 
@@ -490,7 +506,7 @@ def check_references(p, docs, edge_bin):
             items.append((filter_of(d["metadata"]["name"]), (d.get("spec") or {}).get("pluginConfig") or {}))
         else:
             items += [(filter_of(w.get("name")), w.get("config") or {}) for w in (d.get("spec") or {}).get("wasm", [])]
-        for f, cfg in items:
+        for f, cfg in [sc for f, c in items for sc in stage_configs(f, c)]:
             if f == "preauth":
                 for app in cfg.get("apps", []):
                     cluster = app.get("cluster")
