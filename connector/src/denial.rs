@@ -125,4 +125,37 @@ mod tests {
         assert_eq!(v["code"], "token_used");
         assert_eq!(v["message"], "used <twice>");
     }
+
+    #[test]
+    fn every_code_the_readme_documents_is_in_the_closed_set() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| code | status | where |")
+            .nth(1)
+            .and_then(|t| t.split("\n\n").next())
+            .unwrap();
+        let mut documented = 0;
+        for row in table.lines().skip(2) {
+            let first = row.split('|').nth(1).unwrap();
+            // Drop parenthesised remarks (they name settings, not codes).
+            let mut text = String::new();
+            let mut depth = 0;
+            for c in first.chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    c if depth == 0 => text.push(c),
+                    _ => {}
+                }
+            }
+            for code in text.split('`').skip(1).step_by(2) {
+                assert!(
+                    Code::ALL.iter().any(|c| c.as_str() == code),
+                    "`{code}` is documented but not a denial::Code"
+                );
+                documented += 1;
+            }
+        }
+        assert!(documented > 20, "{documented}");
+    }
 }
