@@ -370,18 +370,18 @@ impl Denial {
     /// `detail` (when there is one), `message` (the sentence) and
     /// `request_id` (when there is one). The edge's API errors are this object.
     pub fn json(&self, request_id: Option<&str>) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "error": self.public_code(),
-            "code": self.code(),
-            "message": self.sentence(),
-        });
+        use serde_json::Value;
+        let mut v = serde_json::Map::new();
+        v.insert("error".into(), Value::String(self.public_code()));
+        v.insert("code".into(), Value::String(self.code().into()));
         if let Some(d) = self.detail() {
-            v["detail"] = serde_json::Value::String(d);
+            v.insert("detail".into(), Value::String(d));
         }
+        v.insert("message".into(), Value::String(self.sentence()));
         if let Some(r) = request_id {
-            v["request_id"] = serde_json::Value::String(r.to_string());
+            v.insert("request_id".into(), Value::String(r.to_string()));
         }
-        v
+        Value::Object(v)
     }
 
     /// Renders the denial in the given format.
@@ -569,19 +569,18 @@ fn parse_q(value: &str) -> Option<u16> {
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let whole = match int {
-        "0" => 0u16,
-        "1" => 1000,
-        _ => return None,
+    // Pad to three digits: "5" is 500 thousandths.
+    let padded = format!("{frac:0<3}");
+    let thousandths: u16 = if frac.is_empty() {
+        0
+    } else {
+        padded.parse().ok()?
     };
-    let mut thousandths = 0u16;
-    for (i, b) in frac.bytes().enumerate() {
-        thousandths += u16::from(b - b'0') * [100, 10, 1][i];
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
-    if whole == 1000 && thousandths > 0 {
-        return None;
-    }
-    Some(whole + thousandths)
 }
 
 /// Keeps a detail to `[a-z0-9_.:-]`, replacing anything else by `_` and
