@@ -1,0 +1,257 @@
+//! With the real OpenID provider (`tests/idp`, oidc-provider, on free ports):
+//! stock Envoy runs from a rendered portcullis.yaml and signs a user in
+//! (`portcullis render`, issue 17 point 2), and `portcullis check` finds the
+//! provider mistakes that otherwise surface as a hang and `keys_unavailable`
+//! (issue 17 point 3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use portcullis_cli::check::{check, endpoint_mismatch, Report};
+use portcullis_cli::render::{render, Rendered};
+use portcullis_cli::spec;
+use portcullis_e2e::envoy::{http_request, Envoy, EnvoyConfig, TempDir};
+use portcullis_e2e::idp::Idp;
+use portcullis_e2e::sample_app::SampleApp;
+use portcullis_e2e::signin::sign_in;
+use portcullis_e2e::{free_port, repo_root};
+
+struct Ports {
+    http: u16,
+    admin: u16,
+}
+
+fn start_idp(dir: &TempDir, http: u16) -> Idp {
+    let clients = serde_json::json!({
+        "clients": [{
+            "client_id": "portcullis-demo",
+            "client_secret": "portcullis-demo-secret",
+            "redirect_uris": [format!("http://127.0.0.1:{http}/.auth/callback")],
+            "post_logout_redirect_uris": [format!("http://127.0.0.1:{http}/")],
+        }]
+    });
+    Idp::start(&clients.to_string(), dir.path()).unwrap()
+}
+
+/// A portcullis.yaml with one app Envoy reaches directly.
+fn config(ports: &Ports, issuer: &str, app: &str, provider_extra: &str) -> String {
+    format!(
+        r#"
+admin: "127.0.0.1:{admin}"
+listeners:
+  http: "127.0.0.1:{http}"
+providers:
+  test:
+    issuer: "{issuer}"
+    client_id: portcullis-demo
+    client_secret: portcullis-demo-secret
+    scopes: [openid, profile, email]
+{provider_extra}
+sealing_keys: ["cG9ydGN1bGxpcy1kZW1vLWtleS0wMDAwMDAwMDAwMDA="]
+apps:
+  - id: sample
+    hosts: ["127.0.0.1", localhost]
+    upstream: "http://{app}"
+    access: {{ open: true }}
+    post_logout_redirect_uri: /
+"#,
+        admin = ports.admin,
+        http = ports.http,
+    )
+}
+
+fn rendered(text: &str) -> Rendered {
+    render(&spec::parse(text).unwrap(), &repo_root()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_check(r: &Rendered) -> Report {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(check(r))
+}
+
+#[test]
+fn stock_envoy_runs_a_rendered_config_and_signs_in_with_the_real_provider() {
+    let dir = TempDir::new("portcullis-cli-e2e").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let app = SampleApp::start("127.0.0.1:0", "rendered").unwrap();
+    let r = rendered(&config(&ports, idp.issuer(), &app.addr().to_string(), ""));
+    let files = portcullis_cli::write_render(&r, dir.path()).unwrap();
+    assert!(files.iter().any(|f| f.ends_with("filters/preauth.json")));
+    let text = std::fs::read_to_string(dir.path().join("envoy.yaml")).unwrap();
+    let envoy = Envoy::start(&EnvoyConfig::from_text(text), ports.admin).unwrap();
+    let addr = format!("127.0.0.1:{}", ports.http);
+    let host = addr.clone();
+
+    // robots first, without a session, and the app never sees it.
+    let robots = http_request(&addr, "GET", "/robots.txt", &[("Host", &host)], b"").unwrap();
+    assert_eq!(robots.status, 200);
+    assert_eq!(robots.text(), "User-agent: *\nDisallow: /\n");
+    // No session: to the provider, and nothing reached the app.
+    let anon = http_request(
+        &addr,
+        "GET",
+        "/headers",
+        &[("Host", &host), ("Accept", "text/html")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(anon.status, 302, "{}", envoy.log());
+    assert!(anon
+        .header("location")
+        .unwrap()
+        .starts_with(&format!("{}/", idp.issuer())));
+    assert_eq!(app.total_hits(), 0);
+
+    let jar = sign_in(&addr, &host, "alice", "alice-password", None)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", envoy.log()));
+    let cookie = jar.header();
+    let r = http_request(
+        &addr,
+        "GET",
+        "/headers",
+        &[
+            ("Host", &host),
+            ("Accept", "text/html"),
+            ("Cookie", &cookie),
+            ("X-Forwarded-User", "mallory"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), envoy.log());
+    let seen: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    let headers = &seen["headers"];
+    // The client's own copy was dropped; the provider's subject came instead.
+    assert_eq!(headers["x-forwarded-user"], "u-alice", "{seen}");
+    assert_eq!(headers["x-forwarded-preferred-username"], "alice", "{seen}");
+    assert!(
+        headers.get("x-portcullis-jwt-assertion").is_some(),
+        "{seen}"
+    );
+    assert!(!r.text().contains("__Host-portcullis"), "{seen}");
+    assert_eq!(r.header("x-robots-tag"), Some("noindex, nofollow"));
+}
+
+#[test]
+fn check_passes_against_the_real_provider_and_prints_the_uris_to_register() {
+    let dir = TempDir::new("portcullis-cli-check").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let r = rendered(&config(&ports, idp.issuer(), "127.0.0.1:1", ""));
+    let report = run_check(&r);
+    let text = report.text();
+    assert!(report.ok(), "{text}");
+    assert!(
+        text.contains(&format!("issuer is exactly `{}`", idp.issuer())),
+        "{text}"
+    );
+    assert!(text.contains("jwks_uri"), "{text}");
+    assert!(text.contains("through cluster `oidc_test`"), "{text}");
+    // The URIs to register carry the listener's port.
+    assert!(
+        text.contains(&format!(
+            "redirect URI     http://127.0.0.1:{}/.auth/callback",
+            ports.http
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "redirect URI     http://localhost:{}/.auth/callback",
+            ports.http
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "post-logout URI  http://127.0.0.1:{}/",
+            ports.http
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_names_an_issuer_with_a_trailing_slash() {
+    let dir = TempDir::new("portcullis-cli-check").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let wrong = format!("{}/", idp.issuer());
+    let r = rendered(&config(&ports, &wrong, "127.0.0.1:1", ""));
+    let report = run_check(&r);
+    assert!(!report.ok());
+    let errors = report.errors().join("\n");
+    assert!(errors.contains("trailing slash"), "{errors}");
+    assert!(
+        errors.contains(&format!(
+            "set the provider's `issuer` to `{}`",
+            idp.issuer()
+        )),
+        "{errors}"
+    );
+}
+
+#[test]
+fn check_names_a_provider_that_does_not_answer() {
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let nobody = free_port().unwrap();
+    let r = rendered(&config(
+        &ports,
+        &format!("http://127.0.0.1:{nobody}"),
+        "127.0.0.1:1",
+        "",
+    ));
+    let report = run_check(&r);
+    let errors = report.errors().join("\n");
+    assert!(
+        errors.contains("discovery http://127.0.0.1:")
+            && errors.contains("through cluster `oidc_test`"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn check_names_endpoints_off_the_cluster_and_https_endpoints_without_tls() {
+    let dir = TempDir::new("portcullis-cli-check").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let issuer = idp.issuer().to_string();
+    // Explicit endpoints: the token endpoint on another host, the keys over https.
+    let extra = format!(
+        "    discovery: false\n    authorization_endpoint: \"{issuer}/auth\"\n    token_endpoint: \
+         \"http://oauth2.example.com/token\"\n    jwks_uri: \"https://127.0.0.1:{}/jwks\"\n",
+        idp.port()
+    );
+    let r = rendered(&config(&ports, &issuer, "127.0.0.1:1", &extra));
+    let report = run_check(&r);
+    let errors = report.errors().join("\n");
+    assert!(
+        errors.contains("token_endpoint http://oauth2.example.com/token is on oauth2.example.com:80, but the filter sends it to cluster `oidc_test`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("jwks_uri") && errors.contains("has no TLS"),
+        "{errors}"
+    );
+    // The same comparison, alone: the cluster's own host and scheme pass.
+    let cluster = r.clusters.iter().find(|c| c.name == "oidc_test").unwrap();
+    let url = portcullis_core::oidc::url::HttpUrl::parse(&format!("{issuer}/jwks")).unwrap();
+    assert_eq!(endpoint_mismatch("jwks_uri", &url, cluster), None);
+}
