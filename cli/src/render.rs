@@ -12,6 +12,7 @@ use portcullis_core::oidc::config::PreauthConfig;
 use portcullis_core::policy::PolicyConfig;
 use portcullis_core::robots::RobotsConfig;
 use serde_json::{json, Map, Value};
+use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -1117,7 +1118,8 @@ fn check_stages(r: &Rendered, origins: &Origins) -> Result<(), SpecError> {
     let bytes = |v: &Value| document_text(v).into_bytes();
     let map = |doc: &str, e: ConfigError| origins.translate(doc, &e.field, &e.message);
     RobotsConfig::from_json(&bytes(&r.robots)).map_err(|e| map("robots", e))?;
-    PreauthConfig::from_json(&bytes(&r.preauth)).map_err(|e| map("preauth", e))?;
+    PreauthConfig::from_json_with_env(&bytes(&r.preauth), &|name| Some(render_time_env(name)))
+        .map_err(|e| map("preauth", e))?;
     PolicyConfig::from_json(&bytes(&r.conditional_access))
         .map_err(|e| map("conditional_access", e))?;
     CookieFilterConfig::from_json(&bytes(&r.cookie)).map_err(|e| map("cookie", e))?;
@@ -1128,4 +1130,18 @@ fn check_stages(r: &Rendered, origins: &Origins) -> Result<(), SpecError> {
             .map_err(|e| origins.translate("edge", &e.field, &e.message))?;
     }
     Ok(())
+}
+
+/// What a variable the filter will read from its environment stands for
+/// while rendering: its value here when it is set (so a wrong one is refused
+/// now), else a well-formed stand-in of its own (a 32-byte key, in base64, that
+/// serves as a secret too) so that the rest of the document is judged. Where
+/// Envoy runs, the filter refuses the configuration, naming the variable, if
+/// it is unset there.
+fn render_time_env(name: &str) -> String {
+    use base64::Engine as _;
+    std::env::var(name).unwrap_or_else(|_| {
+        let digest = sha2::Sha256::digest(format!("portcullis render stand-in {name}"));
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    })
 }

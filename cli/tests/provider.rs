@@ -255,3 +255,73 @@ fn check_names_endpoints_off_the_cluster_and_https_endpoints_without_tls() {
     let url = portcullis_core::oidc::url::HttpUrl::parse(&format!("{issuer}/jwks")).unwrap();
     assert_eq!(endpoint_mismatch("jwks_uri", &url, cluster), None);
 }
+
+/// The client secret and the sealing key from Envoy's environment (issue 17
+/// point 7): the render names the variables in `host_env_keys`, the filter
+/// reads them through WASI's environment, and a sign-in works; without them
+/// Envoy refuses the configuration, naming the variable.
+#[test]
+fn secrets_from_envoys_environment_sign_in_and_a_missing_one_refuses_the_config() {
+    let dir = TempDir::new("portcullis-cli-env").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let app = SampleApp::start("127.0.0.1:0", "rendered").unwrap();
+    let text = config(&ports, idp.issuer(), &app.addr().to_string(), "")
+        .replace(
+            "client_secret: portcullis-demo-secret",
+            "client_secret: { env: PORTCULLIS_E2E_CLIENT_SECRET }",
+        )
+        .replace(
+            r#"sealing_keys: ["cG9ydGN1bGxpcy1kZW1vLWtleS0wMDAwMDAwMDAwMDA="]"#,
+            "sealing_keys: [{ env: PORTCULLIS_E2E_SEALING_KEY }]",
+        );
+    let r = rendered(&text);
+    assert_eq!(
+        r.env_keys,
+        ["PORTCULLIS_E2E_CLIENT_SECRET", "PORTCULLIS_E2E_SEALING_KEY"]
+    );
+    // Neither secret is in anything the render wrote.
+    portcullis_cli::write_render(&r, dir.path()).unwrap();
+    let envoy_yaml = std::fs::read_to_string(dir.path().join("envoy.yaml")).unwrap();
+    assert!(!envoy_yaml.contains("portcullis-demo-secret"));
+    assert!(envoy_yaml.contains("host_env_keys"), "{envoy_yaml}");
+    let config = EnvoyConfig::from_text(envoy_yaml);
+
+    // Unset: the filter refuses the configuration, and Envoy does not start.
+    let refused = Envoy::start(&config, ports.admin).unwrap_err().to_string();
+    assert!(
+        refused.contains("PORTCULLIS_E2E_CLIENT_SECRET") && refused.contains("is not set"),
+        "{refused}"
+    );
+
+    // Set in Envoy's environment (a Kubernetes Secret mounted as variables).
+    // Only this test sets these names.
+    std::env::set_var("PORTCULLIS_E2E_CLIENT_SECRET", "portcullis-demo-secret");
+    std::env::set_var(
+        "PORTCULLIS_E2E_SEALING_KEY",
+        "ZW52aXJvbm1lbnQtc2VhbGluZy1rZXktMDAwMDAwMDA=",
+    );
+    let envoy = Envoy::start(&config, ports.admin).unwrap();
+    let addr = format!("127.0.0.1:{}", ports.http);
+    // The provider accepted the secret from the environment at the token endpoint.
+    let jar = sign_in(&addr, &addr, "alice", "alice-password", None)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", envoy.log()));
+    let cookie = jar.header();
+    let r = http_request(
+        &addr,
+        "GET",
+        "/headers",
+        &[
+            ("Host", &addr),
+            ("Accept", "text/html"),
+            ("Cookie", &cookie),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", envoy.log());
+    assert!(r.text().contains("u-alice"), "{}", r.text());
+}
