@@ -87,6 +87,17 @@ pub fn endpoint_mismatch(name: &str, url: &HttpUrl, cluster: &ClusterInfo) -> Op
         Ok(t) => t,
         Err(e) => return Some(e.to_string()),
     };
+    if !cluster.routes.is_empty() {
+        return match route_for(cluster, url) {
+            Some(r) => endpoint_mismatch(name, url, r),
+            None => Some(format!(
+                "{name} {full} is on {}, a host the provider's cluster `{}` routes nowhere: add \
+                 it to the provider's `endpoint_hosts`",
+                target.address.authority(),
+                cluster.name
+            )),
+        };
+    }
     let Some(address) = &cluster.address else {
         return Some(format!(
             "{name} {full}: cluster `{}` is not a provider cluster",
@@ -126,9 +137,29 @@ pub fn endpoint_mismatch(name: &str, url: &HttpUrl, cluster: &ClusterInfo) -> Op
     }
 }
 
+/// The cluster a routing provider cluster sends a call for `url` to (by its host and port).
+pub fn route_for<'a>(cluster: &'a ClusterInfo, url: &HttpUrl) -> Option<&'a ClusterInfo> {
+    let full = format!("{}://{}{}", url.scheme, url.authority, url.path_and_query);
+    let target = UrlTarget::parse("url", &full).ok()?;
+    cluster
+        .routes
+        .iter()
+        .find(|r| r.address.as_ref() == Some(&target.address))
+}
+
 /// Fetches `url` through `cluster` as the filter's call does: to the
 /// cluster's address, with TLS when the cluster has it, `Host` the URL's.
 async fn fetch(url: &HttpUrl, cluster: &ClusterInfo) -> Result<Vec<u8>, String> {
+    let cluster = if cluster.routes.is_empty() {
+        cluster
+    } else {
+        route_for(cluster, url).ok_or_else(|| {
+            format!(
+                "cluster `{}` routes no call to {}",
+                cluster.name, url.authority
+            )
+        })?
+    };
     let Some(address) = &cluster.address else {
         return Err(format!("cluster `{}` has no address", cluster.name));
     };

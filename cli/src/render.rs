@@ -122,6 +122,10 @@ pub struct ClusterInfo {
     pub address: Option<HostPort>,
     /// TLS: (server name sent and verified, CA bundle).
     pub tls: Option<(String, String)>,
+    /// For a provider whose endpoints span several hosts: the cluster is an
+    /// internal listener that sends each call to the cluster of its host
+    /// (these), and answers 404 for any other host.
+    pub routes: Vec<ClusterInfo>,
 }
 
 /// Everything `portcullis render` writes.
@@ -212,6 +216,7 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
 
     // Providers and their clusters.
     let mut clusters_json = Vec::new();
+    let mut internal_listeners = Vec::new();
     let mut clusters = Vec::new();
     let used: BTreeSet<String> = spec
         .apps
@@ -230,8 +235,8 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
                 return Err(SpecError::new(
                     format!("{field}.{key}"),
                     format!(
-                        "unknown provider field (known: issuer, cluster, address, tls, client_id, \
-                         client_secret, {})",
+                        "unknown provider field (known: issuer, cluster, address, tls, endpoint_hosts, \
+                         client_id, client_secret, {})",
                         PROVIDER_FIELDS.join(", ")
                     ),
                 ));
@@ -258,11 +263,99 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
             None
         };
         let cluster = provider_cluster(name, p);
-        clusters_json.push(cluster_json(&cluster, &address, tls.as_ref()));
-        clusters.push(ClusterInfo {
-            name: cluster,
+        if p.endpoint_hosts.is_empty() {
+            clusters_json.push(cluster_json(&cluster, &address, tls.as_ref()));
+            clusters.push(ClusterInfo {
+                name: cluster,
+                address: Some(address),
+                tls,
+                routes: Vec::new(),
+            });
+            continue;
+        }
+        // One cluster per host, behind an internal listener that routes by host.
+        let mut routes = vec![ClusterInfo {
+            name: format!("{cluster}_{}", cluster_safe(&issuer.address.authority())),
             address: Some(address),
             tls,
+            routes: Vec::new(),
+        }];
+        for (j, h) in p.endpoint_hosts.iter().enumerate() {
+            let f = format!("{field}.endpoint_hosts[{j}]");
+            let with_port = if h.contains(':') && !h.ends_with(']') {
+                h.clone()
+            } else {
+                format!("{h}:{}", if issuer.scheme == "https" { 443 } else { 80 })
+            };
+            let a = HostPort::parse(&f, &with_port)?;
+            if routes.iter().any(|r| r.address.as_ref() == Some(&a)) {
+                return Err(SpecError::new(f, "is the issuer's host or an earlier one"));
+            }
+            let tls = (issuer.scheme == "https").then(|| {
+                let ca = p
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.ca_file.clone())
+                    .unwrap_or_else(|| SYSTEM_CA_BUNDLE.to_string());
+                (a.host.clone(), ca)
+            });
+            routes.push(ClusterInfo {
+                name: format!("{cluster}_{}", cluster_safe(&a.authority())),
+                address: Some(a),
+                tls,
+                routes: Vec::new(),
+            });
+        }
+        let router = format!("{cluster}_router");
+        let mut vhosts = Vec::new();
+        for r in &routes {
+            let Some(a) = &r.address else { continue };
+            clusters_json.push(cluster_json(&r.name, a, r.tls.as_ref()));
+            let default = if issuer.scheme == "https" { 443 } else { 80 };
+            let mut domains = vec![json!(a.authority())];
+            if a.port == default {
+                domains.push(json!(a.host));
+            }
+            vhosts.push(json!({
+                "name": r.name,
+                "domains": domains,
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": r.name, "timeout": "15s"}}]
+            }));
+        }
+        vhosts.push(json!({
+            "name": "other",
+            "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "No endpoint of this provider is on this host.\n"}}}]
+        }));
+        internal_listeners.push(json!({
+            "name": router,
+            "internal_listener": {},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": router,
+                    "route_config": {"virtual_hosts": vhosts},
+                    "http_filters": [router_filter()]
+                }
+            }]}]
+        }));
+        clusters_json.push(json!({
+            "name": cluster,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": cluster,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "envoy_internal_address": {"server_listener_name": router}
+                }}}]}]
+            }
+        }));
+        clusters.push(ClusterInfo {
+            name: cluster,
+            address: None,
+            tls: None,
+            routes,
         });
     }
     for name in spec.providers.keys() {
@@ -464,6 +557,7 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
                         name: name.clone(),
                         address: Some(target.address.clone()),
                         tls,
+                        routes: Vec::new(),
                     });
                     origins.add("cookie", &format!("apps[{i}].internal_url"), &field);
                     (url.clone(), direct_route(&app.id, &name))
@@ -694,6 +788,7 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
                 name: EDGE_CLUSTER.into(),
                 address: None,
                 tls: None,
+                routes: Vec::new(),
             });
             if !config.contains_key("groups") {
                 let groups: BTreeSet<String> = edge_apps
@@ -755,10 +850,21 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
         }));
     }
     let admin = HostPort::parse("admin", spec.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
-    let envoy = json!({
+    let has_internal = !internal_listeners.is_empty();
+    listeners_json.extend(internal_listeners);
+    let mut envoy = json!({
         "admin": {"address": {"socket_address": {"address": admin.host, "port_value": admin.port}}},
         "static_resources": {"listeners": listeners_json, "clusters": clusters_json}
     });
+    if let (true, Value::Object(m)) = (has_internal, &mut envoy) {
+        m.insert(
+            "bootstrap_extensions".into(),
+            json!([{
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}
+            }]),
+        );
+    }
 
     let rendered = Rendered {
         layout: spec.layout,
@@ -896,6 +1002,10 @@ fn cluster_json(name: &str, address: &HostPort, tls: Option<&(String, String)>) 
             }}}}]}]
         }
     });
+    if let (false, Value::Object(map)) = (address.is_ip(), &mut c) {
+        // A name with an IPv4 address is tried there first (hosts without IPv6 routes).
+        map.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
+    }
     if let (Some((sni, ca)), Value::Object(map)) = (tls, &mut c) {
         let san_type = if sni.parse::<std::net::IpAddr>().is_ok() {
             "IP_ADDRESS"
@@ -1004,7 +1114,7 @@ pub fn document_text(config: &Value) -> String {
     serde_json::to_string_pretty(config).unwrap_or_default()
 }
 
-fn router() -> Value {
+fn router_filter() -> Value {
     json!({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     }})
@@ -1041,7 +1151,7 @@ fn split_filters(modules: &str, s: &Stages<'_>, env_keys: &[String]) -> Vec<Valu
             s.cookie,
             &[],
         ),
-        router(),
+        router_filter(),
     ]
 }
 
@@ -1071,7 +1181,7 @@ fn all_in_one_filters(modules: &str, s: &Stages<'_>, env_keys: &[String]) -> Vec
             &doc,
             env_keys,
         ),
-        router(),
+        router_filter(),
     ]
 }
 

@@ -167,6 +167,12 @@ pub struct Provider {
     /// TLS to the provider (used when the issuer is `https`).
     #[serde(default)]
     pub tls: Option<ProviderTls>,
+    /// Further hosts (`host` or `host:port`, the issuer's scheme) the token
+    /// endpoint and the JWKS are on (Google: `oauth2.googleapis.com`,
+    /// `www.googleapis.com`). With any, the provider's cluster routes each
+    /// call by its host to a cluster of that host, and refuses other hosts.
+    #[serde(default)]
+    pub endpoint_hosts: Vec<String>,
     /// The client registered for Portcullis.
     pub client_id: String,
     /// Its secret: a string, `{env: NAME}` (read by the filter from its

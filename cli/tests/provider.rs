@@ -325,3 +325,114 @@ fn secrets_from_envoys_environment_sign_in_and_a_missing_one_refuses_the_config(
     assert_eq!(r.status, 200, "{}", envoy.log());
     assert!(r.text().contains("u-alice"), "{}", r.text());
 }
+
+/// A provider whose token endpoint and keys are on another host than its
+/// issuer (as Google's are): with `endpoint_hosts`, the provider's cluster
+/// routes each of the filter's calls by its host, and a user signs in
+/// through stock Envoy (issue 17 point 4). Here the other host is
+/// `localhost:<port>` for the provider at `127.0.0.1:<port>`.
+#[test]
+fn a_provider_whose_endpoints_span_hosts_signs_in_through_the_host_router() {
+    let dir = TempDir::new("portcullis-cli-hosts").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let app = SampleApp::start("127.0.0.1:0", "rendered").unwrap();
+    let idp_addr = format!("127.0.0.1:{}", idp.port());
+    let doc = http_request(
+        &idp_addr,
+        "GET",
+        "/.well-known/openid-configuration",
+        &[],
+        b"",
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&doc.text()).unwrap();
+    let other_host = |key: &str| {
+        doc[key].as_str().unwrap().replace(
+            &format!("//{idp_addr}"),
+            &format!("//localhost:{}", idp.port()),
+        )
+    };
+    let explicit = format!(
+        "    discovery: false\n    authorization_endpoint: \"{}\"\n    token_endpoint: \"{}\"\n    jwks_uri: \"{}\"\n",
+        doc["authorization_endpoint"].as_str().unwrap(),
+        other_host("token_endpoint"),
+        other_host("jwks_uri"),
+    );
+    assert!(
+        explicit.contains("token_endpoint: \"http://localhost:"),
+        "{explicit}"
+    );
+
+    // Without endpoint_hosts, check says the filter would send them to the wrong place.
+    let single = rendered(&config(
+        &ports,
+        idp.issuer(),
+        &app.addr().to_string(),
+        &explicit,
+    ));
+    let errors = run_check(&single).errors().join("\n");
+    assert!(
+        errors.contains("token_endpoint http://localhost:"),
+        "{errors}"
+    );
+    assert!(errors.contains("jwks_uri http://localhost:"), "{errors}");
+
+    let routed_extra = format!(
+        "{explicit}    endpoint_hosts: [\"localhost:{}\"]\n",
+        idp.port()
+    );
+    let r = rendered(&config(
+        &ports,
+        idp.issuer(),
+        &app.addr().to_string(),
+        &routed_extra,
+    ));
+    let report = run_check(&r);
+    assert!(report.ok(), "{}", report.text());
+    portcullis_cli::write_render(&r, dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("envoy.yaml")).unwrap();
+    assert!(text.contains("envoy_internal_address"), "{text}");
+    let envoy = Envoy::start(&EnvoyConfig::from_text(text), ports.admin).unwrap();
+    let addr = format!("127.0.0.1:{}", ports.http);
+    let jar = sign_in(&addr, &addr, "alice", "alice-password", None)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", envoy.log()));
+    let cookie = jar.header();
+    let r = http_request(
+        &addr,
+        "GET",
+        "/headers",
+        &[
+            ("Host", &addr),
+            ("Accept", "text/html"),
+            ("Cookie", &cookie),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", envoy.log());
+    assert!(r.text().contains("u-alice"), "{}", r.text());
+    // The calls went through the per-host cluster of localhost.
+    let stats = http_request(
+        &format!("127.0.0.1:{}", ports.admin),
+        "GET",
+        "/stats?filter=oidc_test_localhost",
+        &[],
+        b"",
+    )
+    .unwrap()
+    .text();
+    let sent = stats
+        .lines()
+        .find(|l| l.contains("upstream_rq_completed"))
+        .and_then(|l| l.rsplit(": ").next())
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        sent >= 2,
+        "token and keys through oidc_test_localhost_*: {stats}"
+    );
+}

@@ -40,7 +40,15 @@ fn demo_text() -> String {
 }
 
 /// Writes the render and runs `envoy --mode validate` on its envoy.yaml.
+/// The variables the filters read from Envoy's environment get example
+/// values (32-byte keys, which serve as secrets too): unset, the preauth
+/// filter refuses its configuration and Envoy does not validate.
 fn validate_render(r: &Rendered, name: &str) {
+    for key in &r.env_keys {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, "RVhBTVBMRS1PTkxZLXJlcGxhY2UtdGhpcy1rZXktMDE=");
+        }
+    }
     let dir = TempDir::new("portcullis-render").unwrap();
     let files = portcullis_cli::write_render(r, dir.path()).unwrap();
     assert!(files.iter().any(|f| f.ends_with("envoy.yaml")));
@@ -334,4 +342,134 @@ apps:
     );
     assert!(r.edge.is_none());
     validate_render(&r, "direct upstream");
+}
+
+#[test]
+fn an_unset_variable_fails_envoy_validation_naming_it() {
+    let text = std::fs::read_to_string(repo_root().join("examples/providers/keycloak.yaml"))
+        .unwrap()
+        .replace(
+            "PORTCULLIS_KEYCLOAK_CLIENT_SECRET",
+            "PORTCULLIS_TEST_NEVER_SET",
+        );
+    let r = render_text(&text).unwrap();
+    assert!(r.env_keys.iter().any(|k| k == "PORTCULLIS_TEST_NEVER_SET"));
+    let dir = TempDir::new("portcullis-render").unwrap();
+    portcullis_cli::write_render(&r, dir.path()).unwrap();
+    std::env::set_var(
+        "PORTCULLIS_SEALING_KEY",
+        "RVhBTVBMRS1PTkxZLXJlcGxhY2UtdGhpcy1rZXktMDE=",
+    );
+    let (ok, out) = validate(&dir.path().join("envoy.yaml")).unwrap();
+    assert!(!ok);
+    assert!(out.contains("PORTCULLIS_TEST_NEVER_SET"), "{out}");
+}
+
+#[test]
+fn a_provider_on_several_hosts_gets_a_cluster_per_host_behind_a_host_router() {
+    let r =
+        portcullis_cli::render_file(&repo_root().join("examples/providers/google.yaml")).unwrap();
+    let provider = r.clusters.iter().find(|c| c.name == "oidc_google").unwrap();
+    let hosts: Vec<String> = provider
+        .routes
+        .iter()
+        .map(|c| c.address.as_ref().unwrap().authority())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "accounts.google.com:443",
+            "oauth2.googleapis.com:443",
+            "www.googleapis.com:443"
+        ]
+    );
+    assert!(provider
+        .routes
+        .iter()
+        .all(|c| c.tls.as_ref().unwrap().0 == c.address.as_ref().unwrap().host));
+    // Google's real endpoints are each reached through their own host's cluster.
+    use portcullis_cli::check::endpoint_mismatch;
+    use portcullis_core::oidc::url::HttpUrl;
+    for url in [
+        "https://accounts.google.com/.well-known/openid-configuration",
+        "https://oauth2.googleapis.com/token",
+        "https://www.googleapis.com/oauth2/v3/certs",
+    ] {
+        assert_eq!(
+            endpoint_mismatch("e", &HttpUrl::parse(url).unwrap(), provider),
+            None,
+            "{url}"
+        );
+    }
+    let other = HttpUrl::parse("https://evil.example.com/token").unwrap();
+    assert!(endpoint_mismatch("token_endpoint", &other, provider)
+        .unwrap()
+        .contains("endpoint_hosts"));
+    // Without endpoint_hosts, one cluster: the token endpoint is off it.
+    let text = std::fs::read_to_string(repo_root().join("examples/providers/google.yaml"))
+        .unwrap()
+        .replace(
+            "    endpoint_hosts: [oauth2.googleapis.com, www.googleapis.com]\n",
+            "",
+        );
+    let single = render_text(&text).unwrap();
+    let c = single
+        .clusters
+        .iter()
+        .find(|c| c.name == "oidc_google")
+        .unwrap();
+    let token = HttpUrl::parse("https://oauth2.googleapis.com/token").unwrap();
+    assert!(endpoint_mismatch("token_endpoint", &token, c)
+        .unwrap()
+        .contains("is on oauth2.googleapis.com:443"));
+    // The router refuses hosts it does not list (a 404 catch-all, never a forward).
+    let listeners = r.envoy["static_resources"]["listeners"].as_array().unwrap();
+    let router = listeners
+        .iter()
+        .find(|l| l["name"] == "oidc_google_router")
+        .unwrap();
+    let vhosts = router["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        ["virtual_hosts"]
+        .as_array()
+        .unwrap();
+    assert_eq!(vhosts.last().unwrap()["domains"][0], "*");
+    assert_eq!(
+        vhosts.last().unwrap()["routes"][0]["direct_response"]["status"],
+        404
+    );
+}
+
+#[test]
+fn the_provider_examples_render_their_providers() {
+    let want = [
+        (
+            "entra-id.yaml",
+            "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
+        ),
+        ("keycloak.yaml", "https://keycloak.example.com/realms/corp"),
+        ("google.yaml", "https://accounts.google.com"),
+        ("okta.yaml", "https://example.okta.com/oauth2/default"),
+        ("auth0.yaml", "https://example.us.auth0.com/"),
+        ("dex.yaml", "https://dex.example.com/dex"),
+    ];
+    for (file, issuer) in want {
+        let r = portcullis_cli::render_file(&repo_root().join("examples/providers").join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        assert_eq!(r.preauth["apps"][0]["issuer"], issuer, "{file}");
+        // Every provider is https: its clusters verify TLS.
+        for c in r.clusters.iter().filter(|c| c.name.starts_with("oidc_")) {
+            let all: Vec<_> = if c.routes.is_empty() {
+                vec![c]
+            } else {
+                c.routes.iter().collect()
+            };
+            assert!(all.iter().all(|c| c.tls.is_some()), "{file}: {c:?}");
+        }
+    }
+    // The file secret is read at render time.
+    let r = portcullis_cli::render_file(&repo_root().join("examples/providers/dex.yaml")).unwrap();
+    assert_eq!(
+        r.preauth["apps"][0]["client_secret"],
+        "EXAMPLE-ONLY-dex-client-secret"
+    );
 }
