@@ -473,3 +473,47 @@ fn the_provider_examples_render_their_providers() {
         "EXAMPLE-ONLY-dex-client-secret"
     );
 }
+
+/// The all-in-one layout: one filter (`portcullis.wasm`) whose document holds
+/// a section per stage, each exactly the split layout's document for that
+/// stage. Once the all-in-one module has landed (envoy-configs/demo-split.yaml
+/// exists beside demo.yaml), the render also equals demo.yaml and validates
+/// in Envoy with the real module.
+#[test]
+fn the_all_in_one_layout_holds_each_stages_document_as_its_section() {
+    let split = render_text(&demo_text()).unwrap();
+    let text = format!("layout: all-in-one\n{}", demo_text());
+    let one = render_text(&text).unwrap();
+    let filters = one.envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap();
+    assert_eq!(filters.len(), 2, "portcullis and the router");
+    let config = &filters[0]["typed_config"]["config"];
+    assert_eq!(config["root_id"], "portcullis");
+    assert_eq!(config["vm_config"]["vm_id"], "portcullis");
+    assert_eq!(
+        config["vm_config"]["code"]["local"]["filename"],
+        "target/wasm32-wasip1/release/portcullis.wasm"
+    );
+    assert_eq!(config["failure_policy"], "FAIL_CLOSED");
+    let doc: Value =
+        serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["robots"], split.robots);
+    assert_eq!(doc["preauth"], split.preauth);
+    assert_eq!(doc["conditional_access"], split.conditional_access);
+    assert_eq!(doc["cookie"], split.cookie);
+    assert_eq!(
+        doc.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["conditional_access", "cookie", "preauth", "robots"]
+    );
+    if let Some(path) = demo_bootstrap(Layout::AllInOne) {
+        assert_eq!(
+            normalise_bootstrap(one.envoy.clone()),
+            normalise_bootstrap(yaml_file(&path)),
+            "the all-in-one render differs from {}",
+            path.display()
+        );
+        validate_render(&one, "all-in-one");
+    }
+}
