@@ -6,13 +6,15 @@
 //! parsers, and prints what to register at the provider.
 
 use crate::render::{ClusterInfo, Rendered, UrlTarget};
-use portcullis_core::oidc::config::{Endpoints, OidcSettings, PreauthConfig, ProviderMetadata};
+use portcullis_core::oidc::config::{
+    ClientAuth, Endpoints, OidcSettings, PreauthConfig, ProviderMetadata,
+};
 use portcullis_core::oidc::jwks::{parse_discovery, KeySet};
 use portcullis_core::oidc::login;
 use portcullis_core::oidc::url::HttpUrl;
+use portcullis_core::oidc::HttpCall;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,9 +149,19 @@ pub fn route_for<'a>(cluster: &'a ClusterInfo, url: &HttpUrl) -> Option<&'a Clus
         .find(|r| r.address.as_ref() == Some(&target.address))
 }
 
-/// Fetches `url` through `cluster` as the filter's call does: to the
-/// cluster's address, with TLS when the cluster has it, `Host` the URL's.
-async fn fetch(url: &HttpUrl, cluster: &ClusterInfo) -> Result<Vec<u8>, String> {
+/// Sends a call for `url` through `cluster` as Envoy would: to the cluster's
+/// address (the cluster of the URL's host for a routing cluster), with TLS
+/// when the cluster has it, `Host` the URL's; `call` gives the filter's own
+/// method, headers and body (a GET without). Returns the status and the body
+/// (at most 1 MiB).
+async fn send(
+    url: &HttpUrl,
+    cluster: &ClusterInfo,
+    call: Option<&HttpCall>,
+) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::BodyExt as _;
+    use portcullis_connector::backend::Backend;
+    use portcullis_connector::config::AppSettings;
     let cluster = if cluster.routes.is_empty() {
         cluster
     } else {
@@ -163,23 +175,122 @@ async fn fetch(url: &HttpUrl, cluster: &ClusterInfo) -> Result<Vec<u8>, String> 
     let Some(address) = &cluster.address else {
         return Err(format!("cluster `{}` has no address", cluster.name));
     };
-    let (scheme, ca) = match &cluster.tls {
-        Some((sni, ca)) => ("https", Some((sni.clone(), ca.clone()))),
-        None => ("http", None),
-    };
-    let connect = match &ca {
+    let (internal_url, ca_pem) = match &cluster.tls {
         // The server name is the one Envoy sends and verifies.
-        Some((sni, _)) => format!("{sni}:{}", address.port),
-        None => address.authority(),
+        Some((sni, ca)) => (
+            format!("https://{sni}:{}", address.port),
+            Some(std::fs::read_to_string(ca).map_err(|e| format!("{ca}: {e}"))?),
+        ),
+        None => (format!("http://{}", address.authority()), None),
     };
-    let target = format!("{scheme}://{connect}{}", url.path_and_query);
-    portcullis_connector::backend::fetch_url_as(
-        &target,
-        ca.as_ref().map(|(_, f)| Path::new(f.as_str())),
-        Some(&url.authority),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    let backend = Backend::new(AppSettings {
+        name: "portcullis-check".into(),
+        group: String::new(),
+        internal_url,
+        timeout_ms: 10_000,
+        backend_ca_pem: ca_pem,
+        spki_sha256: Vec::new(),
+        preserve_host: false,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut req = http::Request::builder()
+        .uri(url.path_and_query.as_str())
+        .header(http::header::HOST, url.authority.as_str());
+    let body = match call {
+        None => {
+            req = req
+                .method("GET")
+                .header(http::header::ACCEPT, "application/json");
+            Vec::new()
+        }
+        Some(call) => {
+            for (name, value) in &call.headers {
+                match name.as_str() {
+                    ":method" => req = req.method(value.as_str()),
+                    n if n.starts_with(':') => {}
+                    n => req = req.header(n, value.as_str()),
+                }
+            }
+            call.body.clone()
+        }
+    };
+    let req = req
+        .body(portcullis_connector::body::full(body))
+        .map_err(|e| e.to_string())?;
+    let resp = backend.send(req, None).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes.to_vec()))
+}
+
+/// A GET of `url` through `cluster` that must succeed.
+async fn fetch(url: &HttpUrl, cluster: &ClusterInfo) -> Result<Vec<u8>, String> {
+    match send(url, cluster, None).await? {
+        (status, body) if (200..300).contains(&status) => Ok(body),
+        (status, _) => Err(format!("status {status}")),
+    }
+}
+
+/// Whether the token endpoint accepts the client, asked the way the filter
+/// asks, with a code that cannot be valid: `invalid_grant` means the client
+/// authenticated (only the code was refused), `invalid_client` that the
+/// secret, the id or the method is wrong.
+async fn check_client(
+    report: &mut Report,
+    s: &OidcSettings,
+    m: &ProviderMetadata,
+    cluster: &ClusterInfo,
+    redirect: &str,
+) {
+    let call = portcullis_core::oidc::token::token_request(
+        s,
+        m,
+        "portcullis-check-made-up-code",
+        "portcullis-check-verifier-000000000000000000000000000",
+        redirect,
+    );
+    let url = url_text(&m.token_endpoint);
+    match send(&m.token_endpoint, cluster, Some(&call)).await {
+        Err(e) => report.fail(format!("token_endpoint {url}: {e}")),
+        Ok((status, body)) => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+            let description = v
+                .get("error_description")
+                .and_then(|e| e.as_str())
+                .map_or_else(String::new, |d| format!(" ({d})"));
+            match error {
+                "invalid_grant" => report.pass(format!(
+                    "token_endpoint {url} authenticates client `{}` ({}: a made-up code was \
+                     refused with invalid_grant, as it must be)",
+                    s.client_id,
+                    client_auth_name(s.client_auth)
+                )),
+                "invalid_client" | "unauthorized_client" => report.fail(format!(
+                    "token_endpoint {url} refuses client `{}` with {error}{description}: check \
+                     client_id, client_secret and client_auth ({})",
+                    s.client_id,
+                    client_auth_name(s.client_auth)
+                )),
+                _ => report.note(format!(
+                    "token_endpoint {url} answered {status} `{error}`{description} to a made-up \
+                     code: the client could not be checked"
+                )),
+            }
+        }
+    }
+}
+
+fn client_auth_name(a: ClientAuth) -> &'static str {
+    match a {
+        ClientAuth::ClientSecretBasic => "client_secret_basic",
+        ClientAuth::ClientSecretPost => "client_secret_post",
+        ClientAuth::None => "public client",
+    }
 }
 
 fn url_text(u: &HttpUrl) -> String {
@@ -190,7 +301,21 @@ fn url_text(u: &HttpUrl) -> String {
 pub async fn check(r: &Rendered) -> Report {
     let mut report = Report::default();
     let text = crate::render::document_text(&r.preauth);
-    let config = match PreauthConfig::from_json(text.as_bytes()) {
+    // Variables unset here stand in, and the secret they hold is not tried.
+    let unset: Vec<&String> = r
+        .env_keys
+        .iter()
+        .filter(|k| std::env::var_os(k).is_none())
+        .collect();
+    for k in &unset {
+        report.note(format!(
+            "{k} is not set here: what it holds is not checked (Envoy's filter refuses to load \
+             without it)"
+        ));
+    }
+    let config = match PreauthConfig::from_json_with_env(text.as_bytes(), &|name| {
+        Some(crate::render::render_time_env(name))
+    }) {
         Ok(c) => c,
         Err(e) => {
             report.fail(format!("the preauth configuration does not load: {e}"));
@@ -198,13 +323,24 @@ pub async fn check(r: &Rendered) -> Report {
         }
     };
     let mut seen = BTreeSet::new();
-    for app in &config.apps {
+    for (i, app) in config.apps.iter().enumerate() {
         let Some(s) = &app.oidc else {
             report.note(format!("app `{}`: passthrough, no provider", app.id));
             continue;
         };
-        if seen.insert((s.issuer.clone(), s.cluster.clone())) {
-            check_provider(&mut report, r, s).await;
+        let secret_unset = r.preauth["apps"][i]["client_secret"]["env"]
+            .as_str()
+            .is_some_and(|n| unset.iter().any(|k| k.as_str() == n));
+        let redirect = origins(r, &app.hosts, s)
+            .first()
+            .and_then(|(origin, authority)| {
+                let scheme = origin.split("://").next().unwrap_or("https");
+                login::redirect_uri(s, authority, Some(scheme))
+            })
+            .unwrap_or_default();
+        if seen.insert((s.issuer.clone(), s.cluster.clone(), s.client_id.clone())) {
+            let client = (!secret_unset).then_some(redirect.as_str());
+            check_provider(&mut report, r, s, client).await;
         }
     }
     for app in &config.apps {
@@ -215,7 +351,7 @@ pub async fn check(r: &Rendered) -> Report {
     report
 }
 
-async fn check_provider(report: &mut Report, r: &Rendered, s: &OidcSettings) {
+async fn check_provider(report: &mut Report, r: &Rendered, s: &OidcSettings, client: Option<&str>) {
     let Some(cluster) = r.clusters.iter().find(|c| c.name == s.cluster) else {
         report.fail(format!(
             "provider {}: cluster `{}` is not defined by the render",
@@ -351,6 +487,14 @@ async fn check_provider(report: &mut Report, r: &Rendered, s: &OidcSettings) {
                 }
             }
         },
+    }
+    match client {
+        Some(redirect) => check_client(report, s, &metadata, cluster, redirect).await,
+        None => report.note(format!(
+            "client `{}`: its secret comes from a variable not set here, so the token endpoint \
+             was not asked",
+            s.client_id
+        )),
     }
 }
 

@@ -1248,7 +1248,7 @@ fn check_stages(r: &Rendered, origins: &Origins) -> Result<(), SpecError> {
 /// serves as a secret too) so that the rest of the document is judged. Where
 /// Envoy runs, the filter refuses the configuration, naming the variable, if
 /// it is unset there.
-fn render_time_env(name: &str) -> String {
+pub fn render_time_env(name: &str) -> String {
     use base64::Engine as _;
     std::env::var(name).unwrap_or_else(|_| {
         let digest = sha2::Sha256::digest(format!("portcullis render stand-in {name}"));

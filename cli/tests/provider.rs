@@ -155,6 +155,10 @@ fn check_passes_against_the_real_provider_and_prints_the_uris_to_register() {
     );
     assert!(text.contains("jwks_uri"), "{text}");
     assert!(text.contains("through cluster `oidc_test`"), "{text}");
+    assert!(
+        text.contains("authenticates client `portcullis-demo` (client_secret_basic"),
+        "{text}"
+    );
     // The URIs to register carry the listener's port.
     assert!(
         text.contains(&format!(
@@ -435,4 +439,30 @@ fn a_provider_whose_endpoints_span_hosts_signs_in_through_the_host_router() {
         sent >= 2,
         "token and keys through oidc_test_localhost_*: {stats}"
     );
+}
+
+/// A wrong client secret: the token endpoint, asked as the filter asks with a
+/// made-up code, refuses the client, and `check` says so with the provider's
+/// error (instead of a first user's `token_exchange_failed`).
+#[test]
+fn check_names_a_client_secret_the_provider_refuses() {
+    let dir = TempDir::new("portcullis-cli-check").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let text = config(&ports, idp.issuer(), "127.0.0.1:1", "").replace(
+        "client_secret: portcullis-demo-secret",
+        "client_secret: not-the-secret",
+    );
+    let report = run_check(&rendered(&text));
+    let errors = report.errors().join("\n");
+    assert!(
+        errors.contains("refuses client `portcullis-demo` with invalid_client"),
+        "{}",
+        report.text()
+    );
+    // The discovery, keys and URIs are still reported.
+    assert!(report.text().contains("redirect URI"), "{}", report.text());
 }
