@@ -809,6 +809,24 @@ pub fn render(spec: &Spec, base_dir: &Path) -> Result<Rendered, SpecError> {
         ));
     }
 
+    // Every cluster name once (a provider's `cluster` may not take an app's or the edge's).
+    let mut names = BTreeSet::new();
+    for c in clusters_json.iter().filter_map(|c| c["name"].as_str()) {
+        if !names.insert(c) {
+            let field = spec
+                .providers
+                .iter()
+                .find(|(_, p)| p.cluster.as_deref() == Some(c))
+                .map_or_else(
+                    || "providers".to_string(),
+                    |(n, _)| format!("providers.{n}.cluster"),
+                );
+            return Err(SpecError::new(
+                field,
+                format!("`{c}` is the name of another cluster of the render"),
+            ));
+        }
+    }
     let env_keys: Vec<String> = env_keys.into_iter().collect();
     let modules = spec.modules.as_deref().unwrap_or(DEFAULT_MODULES);
     let stages = Stages {

@@ -260,6 +260,12 @@ fn what_a_stage_refuses_is_refused_at_render_naming_the_field() {
             "earlier app",
         ),
         (
+            "    cluster: oidc_provider\n",
+            "    cluster: portcullis_edge\n",
+            "providers.demo.cluster",
+            "another cluster",
+        ),
+        (
             "  http: 127.0.0.1:10000\n",
             "  http: 127.0.0.1:10000\n  ftp: 127.0.0.1:21\n",
             "listeners.ftp",
