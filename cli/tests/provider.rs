@@ -466,3 +466,90 @@ fn check_names_a_client_secret_the_provider_refuses() {
     // The discovery, keys and URIs are still reported.
     assert!(report.text().contains("redirect URI"), "{}", report.text());
 }
+
+/// The quick start with the `portcullis` binary itself: `portcullis render`
+/// and `portcullis check` on a portcullis.yaml file, then stock Envoy on the
+/// rendered envoy.yaml, and a user signs in with the real provider.
+#[test]
+fn the_portcullis_command_renders_checks_and_envoy_serves_its_output() {
+    let dir = TempDir::new("portcullis-cli-bin").unwrap();
+    let ports = Ports {
+        http: free_port().unwrap(),
+        admin: free_port().unwrap(),
+    };
+    let idp = start_idp(&dir, ports.http);
+    let app = SampleApp::start("127.0.0.1:0", "rendered").unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        config(&ports, idp.issuer(), &app.addr().to_string(), ""),
+    )
+    .unwrap();
+    let out = dir.path().join("rendered");
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let render = std::process::Command::new(bin)
+        .current_dir(repo_root())
+        .args(["render", "-c"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&render.stdout);
+    assert!(
+        render.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    for f in ["envoy.yaml", "filters/preauth.json", "filters/cookie.json"] {
+        assert!(said.contains(f), "{said}");
+    }
+    let check = std::process::Command::new(bin)
+        .current_dir(repo_root())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("check passed"), "{said}");
+    assert!(
+        said.contains(&format!("http://127.0.0.1:{}/.auth/callback", ports.http)),
+        "{said}"
+    );
+    // A wrong issuer: check exits 1.
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        config(&ports, &format!("{}/", idp.issuer()), "127.0.0.1:1", ""),
+    )
+    .unwrap();
+    let failed = std::process::Command::new(bin)
+        .args(["check", "-c"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("trailing slash"));
+
+    let text = std::fs::read_to_string(out.join("envoy.yaml")).unwrap();
+    let envoy = Envoy::start(&EnvoyConfig::from_text(text), ports.admin).unwrap();
+    let addr = format!("127.0.0.1:{}", ports.http);
+    let jar = sign_in(&addr, &addr, "alice", "alice-password", None)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", envoy.log()));
+    let cookie = jar.header();
+    let r = http_request(
+        &addr,
+        "GET",
+        "/headers",
+        &[
+            ("Host", &addr),
+            ("Accept", "text/html"),
+            ("Cookie", &cookie),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", envoy.log());
+    assert!(r.text().contains("u-alice"), "{}", r.text());
+}
