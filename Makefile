@@ -4,8 +4,9 @@
 test:
 	scripts/test.sh
 
+# `make demo` runs the all-in-one module; `make demo LAYOUT=split` one filter per stage.
 demo:
-	scripts/demo.sh
+	LAYOUT=$(LAYOUT) scripts/demo.sh
 
 build:
 	scripts/setup.sh

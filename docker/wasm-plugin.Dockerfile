@@ -7,6 +7,10 @@
 #       -t registry.example.com/portcullis/${f//_/-}:0.1.0 target/wasm32-wasip1/release
 #     docker push registry.example.com/portcullis/${f//_/-}:0.1.0
 #   done
+#
+# The all-in-one module (portcullis.wasm): --build-arg MODULE=portcullis, tagged
+# registry.example.com/portcullis/all-in-one:0.1.0.
 FROM scratch
 ARG FILTER
-COPY portcullis_${FILTER}.wasm ./plugin.wasm
+ARG MODULE=portcullis_${FILTER}
+COPY ${MODULE}.wasm ./plugin.wasm

@@ -8,7 +8,8 @@ the scenarios run alternately (A B C ... then C B A ...) for several rounds with
 them alike. Reported per scenario: median req/s over rounds, p50/p99 latency
 (median over rounds), Envoy CPU time per request (from /proc), and ratios to
 the baseline (bare Envoy: router only). Scenarios: each filter alone with a
-valid session cookie, the chain with 20 policies, Envoy's native peers
+valid session cookie, the chain with 20 policies, the all-in-one module doing the same work
+(`all-in-one (20 policies)`), Envoy's native peers
 (jwt_authn + rbac, and oauth2 + jwt_authn + rbac with a valid HMAC cookie), the
 sign-in redirect, and the callback (code exchange against a static token
 endpoint, ID token validation, session sealing) per request. Then bare Envoy,
@@ -137,6 +138,23 @@ def ca_with(config):
     return block[:start] + body + "\n" + block[end:]
 
 
+def block_config(block):
+    """The JSON configuration of a filter entry."""
+    start = block.index("value: |") + len("value: |\n")
+    end = block.index("                vm_config:")
+    return json.loads(block[start:end])
+
+
+def all_in_one(sections):
+    """The portcullis.wasm filter entry of envoy-configs/portcullis.yaml with `sections`
+    (section name -> that stage's configuration) as its one configuration document."""
+    block = filter_block(read_cfg("portcullis.yaml"), "portcullis")
+    start = block.index("value: |") + len("value: |\n")
+    end = block.index("                vm_config:")
+    body = "\n".join(" " * 20 + line for line in json.dumps(sections, indent=2).split("\n"))
+    return block[:start] + body + "\n" + block[end:]
+
+
 def read_cfg(name):
     return (ROOT / "envoy-configs" / name).read_text()
 
@@ -262,6 +280,15 @@ def scenarios(tmp, idp_port, issuer, cookie, bench_issuer_port):
          filter_block(preauth, "portcullis.preauth"),
          ca_with(twenty_policies()),
          filter_block(read_cfg("cookie.yaml"), "portcullis.cookie")])
+    # The same four stages and configurations as the chain, in one filter.
+    aio = with_filters_before_router(
+        without_filter(preauth, "portcullis.preauth"),
+        [all_in_one({
+            "robots": block_config(filter_block(read_cfg("robots.yaml"), "portcullis.robots")),
+            "preauth": block_config(filter_block(preauth, "portcullis.preauth")),
+            "conditional_access": twenty_policies(),
+            "cookie": block_config(filter_block(read_cfg("cookie.yaml"), "portcullis.cookie")),
+        })])
     native_text, native_headers = native_peer(tmp, oauth2=False)
     oauth2_text, oauth2_headers = native_peer(tmp, oauth2=True)
     cookie_header = [f"Cookie: {cookie}; app_pref=dark", "Accept: text/html"]
@@ -274,10 +301,12 @@ def scenarios(tmp, idp_port, issuer, cookie, bench_issuer_port):
         "conditional-access": (read_cfg("conditional-access.yaml"), [], 200),
         "cookie": (read_cfg("cookie.yaml"), cookie_header, 200),
         "chain (20 policies)": (chain, cookie_header, 200),
+        "all-in-one (20 policies)": (aio, cookie_header, 200),
         "native jwt_authn+rbac(20)": (native_text, native_headers, 200),
         "native oauth2+jwt_authn+rbac(20)": (oauth2_text, oauth2_headers, 200),
         "preauth: sign-in redirect": (preauth, browser, 302),
         "chain: sign-in redirect": (chain, browser, 302),
+        "all-in-one: sign-in redirect": (aio, browser, 302),
         # Headers and path come from a sign-in on this Envoy (run_filters): the login cookie
         # and `state`; the token endpoint answers an ID token with that sign-in's nonce.
         CALLBACK: (replace_port(read_cfg("preauth.yaml").replace("http://127.0.0.1:9000",
@@ -325,7 +354,8 @@ def start_login(port):
 
 # The fixed-rate comparison (open loop, target/native/loadgen).
 FIXED_RATE = 1000
-FIXED_RATE_SCENARIOS = ["bare envoy", "chain (20 policies)", "native oauth2+jwt_authn+rbac(20)"]
+FIXED_RATE_SCENARIOS = ["bare envoy", "chain (20 policies)", "all-in-one (20 policies)",
+                        "native oauth2+jwt_authn+rbac(20)"]
 
 
 BASELINE = "bare envoy"

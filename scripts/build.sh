@@ -3,7 +3,7 @@
 # the `native` profile: panic = "unwind", in target/native), then prints their sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FILTERS=(portcullis-robots portcullis-preauth portcullis-conditional-access portcullis-cookie)
+FILTERS=(portcullis-robots portcullis-preauth portcullis-conditional-access portcullis-cookie portcullis)
 args=(); for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
 cargo build --quiet --release --target wasm32-wasip1 "${args[@]}"
 if [ "${WASM_ONLY:-0}" != 1 ]; then

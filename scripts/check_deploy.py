@@ -184,14 +184,28 @@ def check_wasmplugin(p, where, doc):
         target_refs(p, where, spec, {"Gateway", "Service", "ServiceEntry", "GatewayClass"})
 
 
+# The all-in-one module: one filter whose config has a section per stage (FILTERS, `-` as `_`).
+ALL_IN_ONE = "all-in-one"
+
+
 def filter_of(name):
-    if isinstance(name, str) and name.startswith("portcullis-") and name[11:] in FILTERS:
+    if isinstance(name, str) and name.startswith("portcullis-") and name[11:] in FILTERS + [ALL_IN_ONE]:
         return name[11:]
     return None
 
 
+def stage_configs(f, cfg):
+    """[(stage, config)] of a filter's config: itself, or the sections of the all-in-one module."""
+    if f == ALL_IN_ONE:
+        return [(stage, cfg[stage.replace("-", "_")]) for stage in FILTERS
+                if isinstance(cfg, dict) and isinstance(cfg.get(stage.replace("-", "_")), dict)]
+    return [(f, cfg)]
+
+
 def check_istio_order(p, where, plugins):
     """plugins: [(filter, spec)] of one file; the chain order must be the design's."""
+    if [f for f, _ in plugins] == [ALL_IN_ONE]:
+        return  # one plugin: its stages run in chain order inside it
     if sorted(f for f, _ in plugins) != sorted(FILTERS):
         p.add(where, f"expected one WasmPlugin per filter {FILTERS}, found {[f for f, _ in plugins]}")
         return
@@ -244,6 +258,8 @@ def check_extension_policy(p, where, doc):
         need(p, ww, w, "config", dict)
         if w.get("failOpen", False) is not False:
             p.add(ww, "Portcullis filters must fail closed (failOpen: false)")
+    if names == [ALL_IN_ONE]:
+        return
     if [n for n in names if n] != FILTERS or len(names) != len(FILTERS):
         p.add(where, f"spec.wasm must list the filters in chain order {FILTERS}, found {names}")
 
@@ -519,11 +535,12 @@ def check_references(p, docs, edge_bin):
             items += [(filter_of(w.get("name")), w.get("config") or {}, (w.get("env") or {}).get("hostKeys", []))
                       for w in (d.get("spec") or {}).get("wasm", [])]
         ns = d["metadata"]["namespace"]
-        for f, cfg, host_keys in items:
-            # Secrets from the environment: the filter gets each variable it names, and the gateway has it.
+        # Secrets from the environment: the filter gets each variable it names, and the gateway has it.
+        for f, _, host_keys in items:
             for key in host_keys:
                 if d["kind"] == "EnvoyExtensionPolicy" and key not in proxy_env.get(ns, set()):
                     p.add(where, f"{f}: env.hostKeys {key} is set by no EnvoyProxy container env in {ns}")
+        for f, cfg, host_keys in [(sf, sc, k) for f, c, k in items for sf, sc in stage_configs(f, c)]:
             if f == "preauth":
                 for app in cfg.get("apps", []):
                     refs = [app.get("client_secret")] + list(app.get("sealing_keys") or [])

@@ -40,6 +40,9 @@ import tempfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The four single-stage modules and the all-in-one module (scripts/dist.py's MODULES).
+EXPECTED_MODULES = ["portcullis-robots", "portcullis-preauth", "portcullis-conditional-access",
+                    "portcullis-cookie", "portcullis-all-in-one"]
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from dist import LAYER, MANIFEST, INDEX, CONFIG, is_static_elf  # noqa: E402
 
@@ -226,8 +229,9 @@ def check_dir(d, require_binaries=False, skopeo=False, validate_sbom=True):
     if os.path.basename(os.path.normpath(d)).startswith("portcullis-") and not d.rstrip("/").endswith(f"portcullis-{version}"):
         p.append(f"the directory is not named portcullis-{version}")
     check_sums(p, d)
-    if len(release.get("modules", [])) != 4:
-        p.append(f"release.json lists {len(release.get('modules', []))} modules, expected 4")
+    names = sorted(m.get("name", "?") for m in release.get("modules", []))
+    if names != sorted(EXPECTED_MODULES):
+        p.append(f"release.json lists the modules {names}, expected {sorted(EXPECTED_MODULES)}")
     for m in release.get("modules", []):
         path = os.path.join(d, m["file"])
         if not os.path.isfile(path):
@@ -345,6 +349,15 @@ def self_test(d):
         with open(path, "w") as f:
             f.write(text)
 
+    def drop_all_in_one(copy):
+        # release.json without the all-in-one module (a dist.py that forgot it).
+        path = os.path.join(copy, "release.json")
+        r = json.loads(read(path))
+        r["modules"] = [x for x in r["modules"] if x.get("name") != "portcullis-all-in-one"]
+        with open(path, "w") as f:
+            f.write(json.dumps(r, indent=1) + "\n")
+
+    broken("a release without the all-in-one module", drop_all_in_one, "expected")
     broken("an SBOM with another hash", sbom_hash, "artefacts listed")
     broken("a changed layer byte", flip_layer_byte, "does not have that digest")
     if shutil.which("skopeo"):

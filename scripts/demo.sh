@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
-exec target/native/portcullis-demo
+# LAYOUT=split (make demo LAYOUT=split): one Envoy filter per stage instead of portcullis.wasm.
+exec target/native/portcullis-demo ${LAYOUT:+--layout "$LAYOUT"}

@@ -7,8 +7,10 @@ From the release builds already made (`make dist` runs the builds first, then th
 
     dist/portcullis-<version>/        (--dist DIR: DIR/portcullis-<version>; the version of
                                       [workspace.package] in Cargo.toml; replaced whole)
-      wasm/portcullis_<filter>.wasm           the four proxy-wasm modules, with .sha256 beside each
-      oci/portcullis-<filter>/                one OCI image layout per module (oci-layout,
+      wasm/portcullis_<filter>.wasm           the four single-stage proxy-wasm modules and the
+      wasm/portcullis.wasm                    all-in-one module, with .sha256 beside each
+      oci/portcullis-<name>/                  one OCI image layout per module (<name>: the filter,
+                                              or all-in-one for portcullis.wasm; oci-layout,
                                               index.json, blobs/sha256/...), tagged <version>
       bin/x86_64-unknown-linux-musl/          static portcullis-edge and portcullis-connector
                                               (unless --wasm-only), with .sha256 beside each
@@ -39,7 +41,10 @@ import tarfile
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILTERS = ["robots", "preauth", "conditional-access", "cookie"]
+# (image name, module file, crate): the four single-stage modules, then the all-in-one module.
+MODULES = [(f, f"portcullis_{f.replace('-', '_')}.wasm", f"portcullis-{f}")
+           for f in ("robots", "preauth", "conditional-access", "cookie")] + [
+    ("all-in-one", "portcullis.wasm", "portcullis")]
 BINARIES = ["portcullis-edge", "portcullis-connector"]
 MUSL = "x86_64-unknown-linux-musl"
 WASM = "wasm32-wasip1"
@@ -278,8 +283,8 @@ def main():
             write(os.path.join(out, rel + ".sha256"), f"{digest}  {os.path.basename(rel)}\n".encode())
         return digest
 
-    for f in FILTERS:
-        src = os.path.join(args.wasm_dir, f"portcullis_{f.replace('-', '_')}.wasm")
+    for f, file, crate in MODULES:
+        src = os.path.join(args.wasm_dir, file)
         if not os.path.exists(src):
             sys.exit(f"{src} is missing: build the release modules first (make dist does)")
         with open(src, "rb") as fh:
@@ -296,7 +301,7 @@ def main():
         release["modules"].append({"name": name, "file": rel, "sha256": digest, "size": len(module),
                                    "oci_layout": layout, "oci_ref": ver,
                                    "oci_manifest_digest": descriptor["digest"]})
-        artefacts.append((rel, digest, WASM, name))
+        artefacts.append((rel, digest, WASM, crate))
 
     if not args.wasm_only:
         for b in BINARIES:

@@ -6,7 +6,8 @@
 # scripts/setup-dist.sh (make dist runs both). See docs/dist.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FILTERS=(portcullis-robots portcullis-preauth portcullis-conditional-access portcullis-cookie)
+# The four single-stage modules and the all-in-one module (portcullis.wasm).
+FILTERS=(portcullis-robots portcullis-preauth portcullis-conditional-access portcullis-cookie portcullis)
 args=(); for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
 echo "[dist] building the release .wasm modules"
 cargo build --quiet --locked --release --target wasm32-wasip1 "${args[@]}"

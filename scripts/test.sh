@@ -10,9 +10,12 @@ echo "[test] lint"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --target wasm32-wasip1 -p portcullis-robots -p portcullis-preauth \
-  -p portcullis-conditional-access -p portcullis-cookie -- -D warnings
+  -p portcullis-conditional-access -p portcullis-cookie -p portcullis -p portcullis-proxy-wasm -- -D warnings
 echo "[test] cargo test (unit, host, end-to-end)"
 cargo test --workspace --no-fail-fast
+echo "[test] host tests of the single-stage scenarios on the all-in-one module (PORTCULLIS_LAYOUT=all-in-one)"
+PORTCULLIS_LAYOUT=all-in-one cargo test --no-fail-fast -p portcullis-host-tests -p portcullis-preauth \
+  -p portcullis-conditional-access
 for dir in tests/idp tests/browser; do
   if [ -f "$dir/package.json" ] && grep -q '"test"' "$dir/package.json"; then
     echo "[test] node tests in $dir"

@@ -1251,6 +1251,15 @@ fn check_stages(r: &Rendered, origins: &Origins) -> Result<(), SpecError> {
     PolicyConfig::from_json(&bytes(&r.conditional_access))
         .map_err(|e| map("conditional_access", e))?;
     CookieFilterConfig::from_json(&bytes(&r.cookie)).map_err(|e| map("cookie", e))?;
+    // The all-in-one module's own parser on its one document (when every variable it reads
+    // is set here: the sections were judged above either way).
+    if r.layout == Layout::AllInOne && r.env_keys.iter().all(|k| std::env::var_os(k).is_some()) {
+        portcullis_core::pipeline::PipelineConfig::from_json(&bytes(&all_in_one_document(r)))
+            .map_err(|e| {
+                let (section, field) = e.field.split_once('.').unwrap_or((e.field.as_str(), ""));
+                origins.translate(section, field, &e.message)
+            })?;
+    }
     if let Some(edge) = &r.edge {
         let file = portcullis_connector::config::EdgeConfigFile::parse(&bytes(edge))
             .map_err(|e| origins.translate("edge", &e.field, &e.message))?;

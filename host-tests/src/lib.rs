@@ -46,6 +46,30 @@ pub enum Filter {
     ConditionalAccess,
     /// Cookie and URL translation.
     Cookie,
+    /// The all-in-one module (`portcullis.wasm`), configured with one section per stage.
+    Portcullis,
+}
+
+/// The environment variable that runs every single-stage test on the
+/// all-in-one module instead: `PORTCULLIS_LAYOUT=all-in-one`.
+pub const LAYOUT_VAR: &str = "PORTCULLIS_LAYOUT";
+
+/// Whether this test run puts each single-stage configuration in a section of
+/// the all-in-one module ([`LAYOUT_VAR`] is `all-in-one`).
+pub fn all_in_one_layout() -> bool {
+    std::env::var(LAYOUT_VAR).is_ok_and(|v| v == "all-in-one")
+}
+
+/// The all-in-one document with `config` (a stage's own JSON text; empty
+/// means `{}`) as its only section, `section`.
+pub fn in_section(section: &str, config: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(config);
+    let body = if text.trim().is_empty() {
+        "{}"
+    } else {
+        text.trim()
+    };
+    format!("{{\"{section}\": {body}}}").into_bytes()
 }
 
 impl Filter {
@@ -56,6 +80,28 @@ impl Filter {
             Filter::Preauth => "portcullis_preauth.wasm",
             Filter::ConditionalAccess => "portcullis_conditional_access.wasm",
             Filter::Cookie => "portcullis_cookie.wasm",
+            Filter::Portcullis => "portcullis.wasm",
+        }
+    }
+
+    /// The section of the all-in-one document for this filter's stage.
+    pub fn section(self) -> Option<&'static str> {
+        match self {
+            Filter::Robots => Some("robots"),
+            Filter::Preauth => Some("preauth"),
+            Filter::ConditionalAccess => Some("conditional_access"),
+            Filter::Cookie => Some("cookie"),
+            Filter::Portcullis => None,
+        }
+    }
+
+    /// The module tests of this filter load: its own, or under
+    /// [`all_in_one_layout`] the all-in-one module with the configuration
+    /// in this filter's section.
+    pub fn layout(self) -> (Filter, Option<&'static str>) {
+        match self.section() {
+            Some(section) if all_in_one_layout() => (Filter::Portcullis, Some(section)),
+            _ => (self, None),
         }
     }
 
@@ -125,6 +171,7 @@ pub struct PluginBuilder {
     seed: u64,
     properties: HashMap<String, Vec<u8>>,
     log_level: u32,
+    section: Option<&'static str>,
 }
 
 impl PluginBuilder {
@@ -186,8 +233,12 @@ impl PluginBuilder {
         let mut linker = Linker::new(engine());
         abi::link(&mut linker)?;
         linker.define_unknown_imports_as_traps(&module)?;
+        let plugin_config = match self.section {
+            Some(section) => in_section(section, &self.config),
+            None => self.config,
+        };
         let state = HostState {
-            plugin_config: self.config,
+            plugin_config,
             vm_config: self.vm_config,
             shared: self.shared,
             now_nanos: self.now_nanos,
@@ -206,6 +257,7 @@ impl PluginBuilder {
             instance,
             next_context: 2,
             configured: false,
+            section: self.section,
         };
         for init in ["_initialize", "_start"] {
             if let Ok(f) = plugin
@@ -234,6 +286,8 @@ pub struct Plugin {
     instance: Instance,
     next_context: u32,
     configured: bool,
+    /// The section every configuration goes in ([`Filter::layout`]).
+    section: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -267,9 +321,14 @@ fn to_action(value: i32) -> Action {
 }
 
 impl Plugin {
-    /// A builder for `filter`'s release module, with the clock at the real time.
+    /// A builder for `filter`'s release module, with the clock at the real
+    /// time (under [`all_in_one_layout`], the all-in-one module with the
+    /// configuration in the filter's section).
     pub fn builder(filter: Filter) -> PluginBuilder {
-        Self::builder_from_path(filter.wasm_path())
+        let (module, section) = filter.layout();
+        let mut b = Self::builder_from_path(module.wasm_path());
+        b.section = section;
+        b
     }
 
     /// A builder for the module at `path`.
@@ -284,6 +343,7 @@ impl Plugin {
             seed: 0x5eed,
             properties: HashMap::new(),
             log_level: 1,
+            section: None,
         }
     }
 
@@ -303,7 +363,10 @@ impl Plugin {
     /// Delivers a new plugin configuration to the running root context, as
     /// Envoy does on a configuration update; returns what `on_configure` returned.
     pub fn reconfigure(&mut self, config: impl AsRef<[u8]>) -> Result<bool> {
-        self.store.data_mut().plugin_config = config.as_ref().to_vec();
+        self.store.data_mut().plugin_config = match self.section {
+            Some(section) => in_section(section, config.as_ref()),
+            None => config.as_ref().to_vec(),
+        };
         let len = self.store.data().plugin_config.len() as i32;
         let ok = self.call::<(i32, i32), i32>("proxy_on_configure", 1, (1, len))? != 0;
         self.configured = ok;

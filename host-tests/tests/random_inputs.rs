@@ -177,8 +177,22 @@ fn chunks(r: &mut Rng) -> Vec<Vec<u8>> {
     out
 }
 
-fn base_config(f: Filter) -> &'static str {
+fn base_config(f: Filter) -> String {
     match f {
+        Filter::Portcullis => format!(
+            r#"{{"robots": {}, "preauth": {}, "conditional_access": {}, "cookie": {}}}"#,
+            base_config(Filter::Robots),
+            base_config(Filter::Preauth),
+            base_config(Filter::ConditionalAccess),
+            base_config(Filter::Cookie)
+        ),
+        other => base_stage_config(other).to_string(),
+    }
+}
+
+fn base_stage_config(f: Filter) -> &'static str {
+    match f {
+        Filter::Portcullis => "{}",
         Filter::Robots => r#"{"x_robots_tag": true}"#,
         Filter::Preauth => {
             r#"{"apps":[{"id":"hr","hosts":["hr.localhost"],"issuer":"https://idp.test","client_id":"portcullis",
@@ -255,6 +269,7 @@ struct Run {
 fn drive(filter: Filter, seed: u64, n: u64) -> Run {
     let mut r = Rng(seed | 1);
     let base = base_config(filter);
+    let base = base.as_str();
     let mut p = Plugin::builder(filter)
         .config(base)
         .cluster("idp")
@@ -344,6 +359,7 @@ fn run_all(n: u64) {
         Filter::Preauth,
         Filter::ConditionalAccess,
         Filter::Cookie,
+        Filter::Portcullis,
     ]
     .into_iter()
     .enumerate()
@@ -365,15 +381,15 @@ fn run_all(n: u64) {
         // The inputs reach the modules' logic, not only their parsers.
         if matches!(
             f,
-            Filter::Robots | Filter::Preauth | Filter::ConditionalAccess
+            Filter::Robots | Filter::Preauth | Filter::ConditionalAccess | Filter::Portcullis
         ) {
             assert!(
                 run.local_responses > 0,
                 "{f:?} never answered a request itself"
             );
         }
-        if f == Filter::Preauth {
-            assert!(run.calls > 0, "preauth made no HTTP call");
+        if matches!(f, Filter::Preauth | Filter::Portcullis) {
+            assert!(run.calls > 0, "{f:?} made no HTTP call");
         }
         // Bounded: memory may settle at the largest input seen, but must not
         // keep growing with the number of requests (every request here ends).

@@ -29,6 +29,7 @@ pub mod forwarded;
 pub mod identity;
 pub mod oidc;
 pub mod path;
+pub mod pipeline;
 pub mod policy;
 pub mod redirect;
 pub mod robots;

@@ -108,9 +108,44 @@ pub fn decide(method: &str, raw_path: &str) -> RobotsDecision {
     }
 }
 
+impl RobotsConfig {
+    /// The stage's answer to a request: the robots.txt reply, or `None` to go on.
+    pub fn reply(&self, method: &str, raw_path: &str) -> Option<crate::pipeline::Reply> {
+        let RobotsDecision::Serve { with_body } = decide(method, raw_path) else {
+            return None;
+        };
+        let mut headers = vec![("content-type".to_string(), ROBOTS_CONTENT_TYPE.to_string())];
+        if let Some(tag) = &self.x_robots_tag {
+            headers.push(("x-robots-tag".to_string(), tag.clone()));
+        }
+        let body = if with_body {
+            ROBOTS_BODY.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        Some(crate::pipeline::Reply {
+            status: 200,
+            headers,
+            body,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stage_replies_to_get_and_head_only() {
+        let c = RobotsConfig::default();
+        let get = c.reply("GET", "/robots.txt").unwrap();
+        assert_eq!(get.status, 200);
+        assert_eq!(get.body, ROBOTS_BODY.as_bytes());
+        assert_eq!(get.header("x-robots-tag"), Some(DEFAULT_X_ROBOTS_TAG));
+        assert!(c.reply("HEAD", "/robots.txt").unwrap().body.is_empty());
+        assert!(c.reply("POST", "/robots.txt").is_none());
+        assert!(c.reply("GET", "/x").is_none());
+    }
 
     #[test]
     fn robots_path_is_decided_on_the_normalised_path_alone() {

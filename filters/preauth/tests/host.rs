@@ -787,3 +787,69 @@ fn a_session_cache_miss_costs_one_hkdf_more() {
     );
     assert!(v2 <= BUDGET_MISS, "{v2} > {BUDGET_MISS}");
 }
+
+/// A bearer request for `/api` signed by the current key.
+fn bearer() -> String {
+    let mut claims = Claims::with_custom_claims(
+        serde_json::json!({}),
+        jwt_simple::prelude::Duration::from_secs(600),
+    )
+    .with_issuer(ISS)
+    .with_audience("api://hr")
+    .with_subject("service-1");
+    claims.issued_at = Some(jwt_simple::prelude::Duration::from_secs(NOW));
+    claims.expires_at = Some(jwt_simple::prelude::Duration::from_secs(NOW + 600));
+    claims.invalid_before = None;
+    format!("Bearer {}", signing_key().sign(claims).unwrap())
+}
+
+/// A reconfigure replaces the VM's state: a request waiting for the provider
+/// is decided again under the new configuration (and goes on once the keys
+/// are there) instead of hanging in the old state forever.
+#[test]
+fn a_reconfigure_resumes_the_requests_waiting_for_the_provider() {
+    let mut p = start_with(SharedData::default());
+    let auth = bearer();
+    let (s, a) = request(&mut p, "hr.localhost", "/api", &[("authorization", &auth)]);
+    assert_eq!(a, Action::Pause, "waits for the keys");
+    assert!(p.local_response(s).is_none());
+    assert!(p.reconfigure(config()).unwrap());
+    serve_documents(&mut p);
+    assert!(p.local_response(s).is_none(), "{:?}", p.local_response(s));
+    assert_eq!(
+        p.stream(s).request_continued,
+        1,
+        "resumed under the new configuration"
+    );
+    assert_eq!(
+        p.request_header(s, "x-forwarded-user").as_deref(),
+        Some("service-1")
+    );
+}
+
+/// A sign-in callback whose token exchange is in flight when the
+/// configuration changes is answered (`sign_in_interrupted`, the login-state
+/// cookie cleared) instead of hanging: the exchange belongs to the old state.
+#[test]
+fn a_reconfigure_answers_a_callback_in_flight() {
+    let mut p = ready();
+    let (cookie, state, _nonce) = start_login(&mut p, "/x");
+    let (s, call) = callback(&mut p, &cookie, &state);
+    assert!(p.reconfigure(config()).unwrap());
+    let r = p.local_response(s).expect("answered at the reconfigure");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body_text().contains("sign_in_interrupted"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r
+        .headers_named("set-cookie")
+        .iter()
+        .any(|c| c.contains("Max-Age=0")));
+    // The late answer of the old exchange is ignored.
+    let body = r#"{"id_token":"x"}"#;
+    p.respond_http_call(call.token, 200, &[], body.as_bytes())
+        .unwrap();
+    assert_eq!(p.local_response(s).unwrap().status, 503);
+}

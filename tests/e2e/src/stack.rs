@@ -148,6 +148,37 @@ pub struct StackOptions {
     /// Also open the edge's plain h2c TCP listener for Envoy on this port
     /// (`insecure_envoy_h2c_tcp`, for the tunnel benchmarks' load generator).
     pub insecure_edge_tcp: Option<u16>,
+    /// How Envoy runs the filters.
+    pub layout: Layout,
+}
+
+/// How Envoy runs the four stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One filter, `portcullis.wasm` (`envoy-configs/demo.yaml`).
+    #[default]
+    AllInOne,
+    /// One filter per stage (`envoy-configs/demo-split.yaml`).
+    Split,
+}
+
+impl Layout {
+    /// The Envoy config of the demo in this layout (under `envoy-configs/`).
+    pub fn demo_config(self) -> &'static str {
+        match self {
+            Layout::AllInOne => "demo.yaml",
+            Layout::Split => "demo-split.yaml",
+        }
+    }
+
+    /// Parses `all-in-one` or `split`.
+    pub fn parse(text: &str) -> Result<Layout> {
+        match text {
+            "all-in-one" => Ok(Layout::AllInOne),
+            "split" => Ok(Layout::Split),
+            other => bail!("unknown layout `{other}` (all-in-one or split)"),
+        }
+    }
 }
 
 /// The running system; everything stops on drop (in reverse order).
@@ -368,7 +399,7 @@ impl Stack {
 
         // 5. Envoy with the whole chain and a fresh sealing key.
         let sealing_key = random_key()?;
-        let config = EnvoyConfig::from_repo("demo.yaml")?
+        let config = EnvoyConfig::from_repo(opts.layout.demo_config())?
             .port(10000, ports.http)?
             .port(10443, ports.https)?
             .port(9901, ports.envoy_admin)?

@@ -10,6 +10,9 @@
 //! - point 5: what the app learns about the client is what Envoy saw: client
 //!   copies of `X-Forwarded-Host`, `X-Real-IP`, `Forwarded`, `X-Original-URL`, …
 //!   never arrive; `X-Forwarded-Host` and `X-Real-IP` are set from Envoy's view.
+//!
+//! Both on the all-in-one layout (`envoy-configs/demo.yaml`) and on the split
+//! one (`envoy-configs/demo-split.yaml`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
@@ -17,7 +20,7 @@ use portcullis_core::identity::Identity;
 use portcullis_core::oidc::session::encode_identity;
 use portcullis_core::seal::Sealer;
 use portcullis_e2e::envoy::{http_request, HttpResponse};
-use portcullis_e2e::stack::{Ports, Stack, StackOptions};
+use portcullis_e2e::stack::{Layout, Ports, Stack, StackOptions};
 use std::io::{Read, Write};
 
 /// The subject of the session minted for each app.
@@ -213,7 +216,17 @@ fn judge(stack: &Stack, what: &str, r: &HttpResponse) -> Outcome {
 
 #[test]
 fn every_host_spelling_is_judged_as_the_app_it_is_routed_to() {
+    every_host_spelling(Layout::AllInOne);
+}
+
+#[test]
+fn every_host_spelling_is_judged_as_the_app_it_is_routed_to_split_layout() {
+    every_host_spelling(Layout::Split);
+}
+
+fn every_host_spelling(layout: Layout) {
     let stack = Stack::start(StackOptions {
+        layout,
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,
@@ -386,7 +399,17 @@ fn every_host_spelling_is_judged_as_the_app_it_is_routed_to() {
 
 #[test]
 fn the_app_learns_about_the_client_what_envoy_saw() {
+    what_envoy_saw(Layout::AllInOne);
+}
+
+#[test]
+fn the_app_learns_about_the_client_what_envoy_saw_split_layout() {
+    what_envoy_saw(Layout::Split);
+}
+
+fn what_envoy_saw(layout: Layout) {
     let stack = Stack::start(StackOptions {
+        layout,
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,

@@ -141,6 +141,7 @@ fn route_apps(text: &str) -> Vec<String> {
 fn every_route_app_is_known_to_every_filter_and_the_edge() {
     use portcullis_core::cookies::CookieFilterConfig;
     use portcullis_core::oidc::config::PreauthConfig;
+    use portcullis_core::pipeline::PipelineConfig;
     use portcullis_core::policy::PolicyConfig;
     let mut checked = 0;
     for path in envoy_configs() {
@@ -157,7 +158,7 @@ fn every_route_app_is_known_to_every_filter_and_the_edge() {
                 "{name}: x-portcullis-app must come from the route's metadata"
             );
             let edge = match name.as_str() {
-                "demo.yaml" => "demo/edge.json",
+                "demo.yaml" | "demo-split.yaml" => "demo/edge.json",
                 "compose.yaml" => "docker/edge.json",
                 other => panic!("{other}: which edge config serves it?"),
             };
@@ -191,6 +192,19 @@ fn every_route_app_is_known_to_every_filter_and_the_edge() {
                         .apps
                         .iter()
                         .any(|a| a.name == *app),
+                    // The all-in-one module: every section it has must know the app.
+                    "portcullis" => {
+                        let c = PipelineConfig::from_json(json.as_bytes()).unwrap();
+                        c.preauth
+                            .as_ref()
+                            .is_none_or(|p| p.app_by_id(app).is_some())
+                            && c.conditional_access
+                                .as_ref()
+                                .is_none_or(|p| p.app(app).is_some())
+                            && c.cookie
+                                .as_ref()
+                                .is_none_or(|k| k.apps.iter().any(|a| a.name == *app))
+                    }
                     _ => true,
                 };
                 assert!(
@@ -295,6 +309,8 @@ fn every_shipped_connection_manager_normalises_paths_as_the_filters_expect() {
     );
     for expected in [
         "envoy-configs/demo.yaml",
+        "envoy-configs/demo-split.yaml",
+        "envoy-configs/portcullis.yaml",
         "envoy-configs/compose.yaml",
         "envoy-configs/robots.yaml",
         "envoy-configs/preauth.yaml",

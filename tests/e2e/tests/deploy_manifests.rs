@@ -60,6 +60,7 @@ fn parse(filter: &str, json: &str, passed: &[String]) -> Result<(), ConfigError>
         }
         "conditional-access" => portcullis_core::policy::PolicyConfig::from_json(bytes).map(drop),
         "cookie" => portcullis_core::cookies::CookieFilterConfig::from_json(bytes).map(drop),
+        "all-in-one" => portcullis_core::pipeline::PipelineConfig::from_json(bytes).map(drop),
         other => panic!("unknown filter {other}"),
     }
 }
@@ -102,7 +103,11 @@ fn names_filter(line: &str) -> Option<&'static str> {
         .strip_prefix("name:")?
         .trim();
     let filter = value.strip_prefix("portcullis-")?;
-    FILTERS.iter().copied().find(|f| *f == filter)
+    FILTERS
+        .iter()
+        .copied()
+        .chain(std::iter::once("all-in-one"))
+        .find(|f| *f == filter)
 }
 
 /// Every `pluginConfig: {…}` / `config: {…}` of a manifest, with the filter
@@ -181,7 +186,7 @@ fn every_filter_configuration_in_the_manifests_is_valid() {
         }
     }
     for dir in ["istio", "envoy-gateway"] {
-        for filter in FILTERS {
+        for filter in FILTERS.iter().copied().chain(std::iter::once("all-in-one")) {
             assert!(
                 seen.iter()
                     .any(|(p, f)| *f == filter && p.parent().unwrap().ends_with(dir)),

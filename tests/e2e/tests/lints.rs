@@ -72,7 +72,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn the_core_and_every_filter_deny_the_panic_and_overflow_lints_outside_tests() {
     let crates = crates();
-    for name in ["core", "preauth", "conditional-access", "cookie", "robots"] {
+    for name in [
+        "core",
+        "preauth",
+        "conditional-access",
+        "cookie",
+        "robots",
+        "proxy-wasm-host",
+        "portcullis",
+    ] {
         assert!(
             crates.iter().any(|c| c.ends_with(name)),
             "filters/{name} is missing"

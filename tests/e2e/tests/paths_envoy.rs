@@ -45,6 +45,7 @@ const ADMIN_SPELLINGS: &[&str] = &[
 #[test]
 fn no_spelling_of_admin_reaches_the_admin_app_without_mfa() {
     let stack = Stack::start(StackOptions {
+        layout: Default::default(),
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,

@@ -1,17 +1,30 @@
 //! The whole system, end to end: the demo stack (provider, apps on loopback,
-//! edge, a registered connector dialling out, Envoy with all four filters) on
+//! edge, a registered connector dialling out, Envoy with all four stages, as the
+//! all-in-one module and as four filters) on
 //! free ports, driven by a real Chromium through `tests/browser/flows/system.mjs`:
 //! sign-in, the app reached through the tunnel seeing identity headers and no
 //! proxy cookie, step-up on `/admin`, denials, and robots.txt without sign-in.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use portcullis_e2e::envoy::http_request;
-use portcullis_e2e::stack::{Ports, Stack, StackOptions};
+use portcullis_e2e::stack::{Layout, Ports, Stack, StackOptions};
 use std::process::Command;
 
+/// The demo's all-in-one layout: one Envoy filter, `portcullis.wasm`.
 #[test]
 fn the_whole_system_through_a_real_browser() {
+    whole_system(Layout::AllInOne);
+}
+
+/// The split layout: one Envoy filter per stage, the identity in filter state.
+#[test]
+fn the_whole_system_through_a_real_browser_split_layout() {
+    whole_system(Layout::Split);
+}
+
+fn whole_system(layout: Layout) {
     let stack = Stack::start(StackOptions {
+        layout,
         ports: Ports::free().unwrap(),
         state_dir: None,
         insecure_edge_tcp: None,
@@ -22,9 +35,12 @@ fn the_whole_system_through_a_real_browser() {
     let http = format!("127.0.0.1:{}", p.http);
 
     // Envoy has no route to the apps: only the tunnel reaches them.
-    let config =
-        std::fs::read_to_string(portcullis_e2e::repo_root().join("envoy-configs/demo.yaml"))
-            .unwrap();
+    let config = std::fs::read_to_string(
+        portcullis_e2e::repo_root()
+            .join("envoy-configs")
+            .join(layout.demo_config()),
+    )
+    .unwrap();
     assert!(!config.contains("port_value: 8081") && !config.contains("port_value: 8082"));
 
     let out = Command::new("node")

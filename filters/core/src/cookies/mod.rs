@@ -15,6 +15,7 @@ pub mod body;
 pub mod names;
 pub mod request;
 pub mod set_cookie;
+pub mod stage;
 pub mod url;
 
 pub use body::{BodyMatcher, BodyPlan, BodyPolicy, BodyRewriter, SkipReason};

@@ -15,6 +15,7 @@ pub mod cidr;
 pub mod config;
 pub mod eval;
 pub mod log;
+pub mod stage;
 
 pub use config::PolicyConfig;
 pub use eval::{evaluate, Decision, Evaluation, Request, StepUp, StepUpMarker};

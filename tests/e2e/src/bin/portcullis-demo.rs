@@ -1,13 +1,21 @@
 //! `make demo`: the whole system in the foreground on the ports of DESIGN.md;
 //! Ctrl-C (or SIGTERM) stops everything it started. State and logs go to `.demo/`.
 
-use portcullis_e2e::stack::{Ports, Stack, StackOptions};
+use portcullis_e2e::stack::{Layout, Ports, Stack, StackOptions};
 
 fn main() -> anyhow::Result<()> {
+    // `--layout split` (`make demo LAYOUT=split`): one filter per stage.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let layout = match args.as_slice() {
+        [] => Layout::default(),
+        [flag, value] if flag == "--layout" => Layout::parse(value)?,
+        _ => anyhow::bail!("usage: portcullis-demo [--layout all-in-one|split]"),
+    };
     let root = portcullis_e2e::repo_root();
     let state_dir = root.join(".demo");
     println!("[demo] starting the provider, the apps, the edge, a connector and Envoy…");
     let stack = Stack::start(StackOptions {
+        layout,
         ports: Ports::demo(),
         state_dir: Some(state_dir.clone()),
         insecure_edge_tcp: None,
@@ -33,12 +41,16 @@ Portcullis demo is running (state and logs in {dir}):
       dave    no groups                      not assigned to the admin app
       carol   portcullis-connector-admins    may register connectors (the demo registered one with her token)
 
-  Path of a request: Envoy :{http}/:{https} (robots → preauth → conditional-access → cookie)
+  Path of a request: Envoy :{http}/:{https} (robots → preauth → conditional-access → cookie, {filters})
       → edge {edge} (Unix socket) → connector tunnel (mTLS, dialled out to :{tunnel}) → app on 127.0.0.1:{a1}/{a2}
   Envoy admin http://127.0.0.1:{admin}/   edge metrics http://127.0.0.1:{metrics}/metrics
 
 Press Ctrl-C to stop."#,
         dir = state_dir.display(),
+        filters = match layout {
+            Layout::AllInOne => "one filter: portcullis.wasm, envoy-configs/demo.yaml",
+            Layout::Split => "one filter each, envoy-configs/demo-split.yaml",
+        },
         http = p.http,
         https = p.https,
         issuer = stack.issuer(),

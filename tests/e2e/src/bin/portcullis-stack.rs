@@ -4,8 +4,10 @@
 //! and connector's process ids, and runs until SIGTERM or Ctrl-C. The edge also
 //! opens its plain h2c TCP listener for Envoy (`insecure_envoy_h2c_tcp`, reported
 //! as `edge_insecure_tcp`), on loopback, for the benchmarks' load generator.
+//! `PORTCULLIS_LAYOUT=split` runs Envoy with one filter per stage
+//! (`envoy-configs/demo-split.yaml`) instead of the all-in-one module.
 
-use portcullis_e2e::stack::{Ports, Stack, StackOptions};
+use portcullis_e2e::stack::{Layout, Ports, Stack, StackOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -13,8 +15,13 @@ fn main() -> anyhow::Result<()> {
     let Some(state_dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
         anyhow::bail!("usage: portcullis-stack STATE_DIR");
     };
+    let layout = match std::env::var("PORTCULLIS_LAYOUT") {
+        Ok(v) => Layout::parse(&v)?,
+        Err(_) => Layout::default(),
+    };
     let insecure = portcullis_e2e::free_port()?;
     let stack = Stack::start(StackOptions {
+        layout,
         insecure_edge_tcp: Some(insecure),
         ports: Ports::free()?,
         state_dir: Some(state_dir),
