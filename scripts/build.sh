@@ -7,14 +7,14 @@ FILTERS=(portcullis-robots portcullis-preauth portcullis-conditional-access port
 args=(); for f in "${FILTERS[@]}"; do args+=(-p "$f"); done
 cargo build --quiet --release --target wasm32-wasip1 "${args[@]}"
 if [ "${WASM_ONLY:-0}" != 1 ]; then
-  cargo build --quiet --profile native -p portcullis-connector -p portcullis-e2e --bins
+  cargo build --quiet --profile native -p portcullis-connector -p portcullis-e2e -p portcullis-cli --bins
 fi
 for f in "${FILTERS[@]}"; do
   path="target/wasm32-wasip1/release/${f//-/_}.wasm"
   printf '%-60s %8d bytes\n' "$path" "$(stat -c %s "$path")"
 done
 if [ "${WASM_ONLY:-0}" != 1 ]; then
-  for b in target/native/portcullis-edge target/native/portcullis-connector target/native/sample-app; do
+  for b in target/native/portcullis-edge target/native/portcullis-connector target/native/portcullis target/native/sample-app; do
     [ -x "$b" ] && printf '%-60s %8d bytes\n' "$b" "$(stat -c %s "$b")"
   done
 fi

@@ -345,6 +345,7 @@ KINDS = {
     ("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy"),
     ("v1", "Namespace"),
     ("v1", "ConfigMap"),
+    ("v1", "Secret"),
     ("v1", "PersistentVolumeClaim"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
@@ -417,6 +418,29 @@ def check_references(p, docs, edge_bin):
         m = d["metadata"]
         services[(m["name"], m["namespace"])] = d
     configmaps = {(d["metadata"]["name"], d["metadata"]["namespace"]): d for _, d in by_kind.get("ConfigMap", [])}
+    secrets = {(d["metadata"]["name"], d["metadata"]["namespace"]): d for _, d in by_kind.get("Secret", [])}
+
+    def container_env(where, ns, env):
+        """The variables a container's env sets; each secretKeyRef names a Secret and key of the manifests."""
+        names = set()
+        for e in env or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                sec = secrets.get((ref.get("name"), ns))
+                if sec is None:
+                    p.add(where, f"env {e.get('name')}: no Secret {ns}/{ref.get('name')} in the manifests")
+                elif ref.get("key") not in {**(sec.get("data") or {}), **(sec.get("stringData") or {})}:
+                    p.add(where, f"env {e.get('name')}: Secret {ns}/{ref.get('name')} has no key {ref.get('key')!r}")
+            names.add(e.get("name"))
+        return names
+
+    # The variables the gateways' Envoy has (EnvoyProxy container env), by namespace.
+    proxy_env = {}
+    for where, d in by_kind.get("EnvoyProxy", []):
+        ns = d["metadata"]["namespace"]
+        c = (((((d.get("spec") or {}).get("provider") or {}).get("kubernetes") or {})
+              .get("envoyDeployment") or {}).get("container") or {})
+        proxy_env.setdefault(ns, set()).update(container_env(where, ns, c.get("env")))
 
     def service_port(where, name, ns, port):
         svc = services.get((name, ns))
@@ -438,6 +462,7 @@ def check_references(p, docs, edge_bin):
         for c in pod.get("containers") or []:
             need(p, where, c, "name", str)
             need(p, where, c, "image", str)
+            container_env(where, d["metadata"]["namespace"], c.get("env"))
             for vm in c.get("volumeMounts", []):
                 if vm.get("name") not in volumes:
                     p.add(where, f"volumeMount {vm.get('name')} has no volume")
@@ -503,10 +528,26 @@ def check_references(p, docs, edge_bin):
     for where, d in by_kind.get("WasmPlugin", []) + by_kind.get("EnvoyExtensionPolicy", []):
         items = []
         if d["kind"] == "WasmPlugin":
-            items.append((filter_of(d["metadata"]["name"]), (d.get("spec") or {}).get("pluginConfig") or {}))
+            spec = d.get("spec") or {}
+            host = [e.get("name") for e in (spec.get("vmConfig") or {}).get("env", []) if e.get("valueFrom") == "HOST"]
+            items.append((filter_of(d["metadata"]["name"]), spec.get("pluginConfig") or {}, host))
         else:
-            items += [(filter_of(w.get("name")), w.get("config") or {}) for w in (d.get("spec") or {}).get("wasm", [])]
-        for f, cfg in [sc for f, c in items for sc in stage_configs(f, c)]:
+            items += [(filter_of(w.get("name")), w.get("config") or {}, (w.get("env") or {}).get("hostKeys", []))
+                      for w in (d.get("spec") or {}).get("wasm", [])]
+        ns = d["metadata"]["namespace"]
+        # Secrets from the environment: the filter gets each variable it names, and the gateway has it.
+        for f, _, host_keys in items:
+            for key in host_keys:
+                if d["kind"] == "EnvoyExtensionPolicy" and key not in proxy_env.get(ns, set()):
+                    p.add(where, f"{f}: env.hostKeys {key} is set by no EnvoyProxy container env in {ns}")
+        for f, cfg, host_keys in [(sf, sc, k) for f, c, k in items for sf, sc in stage_configs(f, c)]:
+            if f == "preauth":
+                for app in cfg.get("apps", []):
+                    refs = [app.get("client_secret")] + list(app.get("sealing_keys") or [])
+                    for ref in refs:
+                        if isinstance(ref, dict) and ref.get("env") not in host_keys:
+                            p.add(where, f"preauth app {app.get('id')}: variable {ref.get('env')} is not passed "
+                                  "to the filter (env.hostKeys, or vmConfig.env with valueFrom: HOST)")
             if f == "preauth":
                 for app in cfg.get("apps", []):
                     cluster = app.get("cluster")
@@ -1129,6 +1170,13 @@ def self_test(compose, envoy_yaml, edge_json, manifests, images):
                                                      robots_block + "    - name: portcullis-cookie", 1)
     expect("list order", manifest_problems(with_file(eg, swapped)), "chain order")
     expect("code type", manifest_problems(with_file(eg, t.replace("type: Image", "type: Tarball", 1))), "code.type")
+    expect("secret variable not passed", manifest_problems(with_file(eg, t.replace(
+        "PORTCULLIS_HR_CLIENT_SECRET, ", "", 1))), "is not passed")
+    expect("secret key missing", manifest_problems(with_file(eg, t.replace(
+        "key: hr-client-secret", "key: hr-client-secert", 1))), "has no key")
+    expect("host key not in the gateway", manifest_problems(with_file(eg, t.replace(
+        "            - name: PORTCULLIS_HR_SEALING_KEY\n", "            - name: PORTCULLIS_HR_SEALING_KEY_X\n", 1))),
+        "set by no EnvoyProxy")
     expect("cluster", manifest_problems(with_file(eg, t.replace('"cluster": "portcullis_oidc_provider"', '"cluster": "nowhere"', 1))),
            "defined nowhere")
     ef = next(k for k in manifests if k.endswith("istio/path-normalisation.yaml"))

@@ -22,11 +22,42 @@ struct Embedded {
     json: String,
 }
 
-fn parse(filter: &str, json: &str) -> Result<(), ConfigError> {
+/// The environment variables a manifest hands to the filters (`env.hostKeys` of
+/// an `EnvoyExtensionPolicy`'s wasm entry): `scripts/check_deploy.py` checks
+/// that the gateway's Envoy sets each from a Secret of the manifests.
+fn host_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("hostKeys:"))
+        .flat_map(|list| {
+            list.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// Parses with the filter's own parser; a secret read from a variable the
+/// manifest passes to the filter stands in as a well-formed 32-byte key, any
+/// other variable is unset (the filter would refuse to load).
+fn parse(filter: &str, json: &str, passed: &[String]) -> Result<(), ConfigError> {
+    use base64::Engine as _;
     let bytes = json.as_bytes();
+    let env = |name: &str| {
+        passed.iter().any(|k| k == name).then(|| {
+            let mut key = format!("{name:-<32}").into_bytes();
+            key.truncate(32);
+            base64::engine::general_purpose::STANDARD.encode(key)
+        })
+    };
     match filter {
         "robots" => portcullis_core::robots::RobotsConfig::from_json(bytes).map(drop),
-        "preauth" => portcullis_core::oidc::config::PreauthConfig::from_json(bytes).map(drop),
+        "preauth" => {
+            portcullis_core::oidc::config::PreauthConfig::from_json_with_env(bytes, &env).map(drop)
+        }
         "conditional-access" => portcullis_core::policy::PolicyConfig::from_json(bytes).map(drop),
         "cookie" => portcullis_core::cookies::CookieFilterConfig::from_json(bytes).map(drop),
         "all-in-one" => portcullis_core::pipeline::PipelineConfig::from_json(bytes).map(drop),
@@ -142,7 +173,7 @@ fn every_filter_configuration_in_the_manifests_is_valid() {
         for e in embedded(&text) {
             serde_json::from_str::<serde_json::Value>(&e.json)
                 .unwrap_or_else(|err| panic!("{}:{}: not JSON: {err}", path.display(), e.line));
-            if let Err(err) = parse(e.filter, &e.json) {
+            if let Err(err) = parse(e.filter, &e.json, &host_keys(&text)) {
                 panic!(
                     "{}:{}: the {} filter refuses its configuration: {err}\n{}",
                     path.display(),
@@ -192,14 +223,35 @@ fn a_broken_configuration_is_caught() {
         .json
         .replacen("\"id\": \"hr\"", "\"id\": \"hr\", \"oops\": 1", 1);
     assert_ne!(broken, preauth.json);
-    let err = parse("preauth", &broken).unwrap_err();
+    let err = parse("preauth", &broken, &[]).unwrap_err();
     assert_eq!(err.field, "apps[0].oops");
     let cookie = found.iter().find(|e| e.filter == "cookie").unwrap();
     let broken = cookie
         .json
         .replacen("\"same_site\": \"Lax\"", "\"same_site\": \"Sometimes\"", 1);
     assert_ne!(broken, cookie.json);
-    assert!(parse("cookie", &broken).is_err());
+    assert!(parse("cookie", &broken, &[]).is_err());
+    // A secret read from a variable the manifest does not pass is refused, named.
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy-configs/envoy-gateway/portcullis.yaml"))
+            .unwrap();
+    let preauth = embedded(&text)
+        .into_iter()
+        .find(|e| e.filter == "preauth")
+        .unwrap();
+    let passed = host_keys(&text);
+    assert!(
+        passed.iter().any(|k| k == "PORTCULLIS_HR_CLIENT_SECRET"),
+        "{passed:?}"
+    );
+    parse("preauth", &preauth.json, &passed).unwrap();
+    let fewer: Vec<String> = passed
+        .iter()
+        .filter(|k| *k != "PORTCULLIS_HR_SEALING_KEY")
+        .cloned()
+        .collect();
+    let err = parse("preauth", &preauth.json, &fewer).unwrap_err();
+    assert_eq!(err.field, "apps[0].sealing_keys[0].env");
     // The extractor needs a filter name above a configuration.
     let orphan = "spec:\n  pluginConfig: {\"a\": 1}\n";
     assert!(std::panic::catch_unwind(|| embedded(orphan)).is_err());

@@ -4,15 +4,17 @@
 //!   (log lines) must at least be JSON;
 //! - a `yaml` block is a verbatim excerpt of a config under `envoy-configs/`,
 //!   each of which `tests/configs.rs` validates with Envoy or
-//!   `scripts/check_deploy.py` checks.
+//!   `scripts/check_deploy.py` checks, or of a `portcullis.yaml` under
+//!   `examples/`, each of which `cli/tests/render.rs` renders and validates.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use portcullis_core::config::ConfigError;
 use portcullis_e2e::repo_root;
 use std::path::{Path, PathBuf};
 
-const DOCS: [&str; 7] = [
+const DOCS: [&str; 8] = [
     "README.md",
+    "cli/README.md",
     "docs/deploy.md",
     "connector/README.md",
     "filters/preauth/README.md",
@@ -72,6 +74,7 @@ fn envoy_config_files() -> Vec<(PathBuf, String)> {
     }
     let mut out = Vec::new();
     walk(&repo_root().join("envoy-configs"), &mut out);
+    walk(&repo_root().join("examples"), &mut out);
     out
 }
 
@@ -102,7 +105,7 @@ fn every_configuration_example_in_the_docs_is_loaded() {
                 "yaml" => {
                     assert!(
                         configs.iter().any(|(_, c)| c.contains(&body)),
-                        "{doc}:{line}: this YAML is not an excerpt of any config under envoy-configs/"
+                        "{doc}:{line}: this YAML is not an excerpt of any config under envoy-configs/ or examples/"
                     );
                     yaml_excerpts += 1;
                 }

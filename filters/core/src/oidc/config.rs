@@ -146,6 +146,77 @@ struct RawBearer {
     audience: String,
 }
 
+/// How the configuration reads the environment: the value of a variable,
+/// `None` when it is unset.
+pub type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// A secret as written: the value itself, or `{"env": "NAME"}`, the name of
+/// a variable of the filter's environment that holds it.
+enum Secret {
+    Inline(String),
+    Env(String),
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct EnvRef {
+            env: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Inline(String),
+            Env(EnvRef),
+        }
+        match Written::deserialize(d) {
+            Ok(Written::Inline(s)) => Ok(Secret::Inline(s)),
+            Ok(Written::Env(e)) => Ok(Secret::Env(e.env)),
+            Err(_) => Err(serde::de::Error::custom(
+                "must be the secret itself (a string) or {\"env\": \"NAME\"}, the variable of \
+                 the filter's environment that holds it",
+            )),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret's value; a variable that is unset or empty refuses the
+    /// configuration, naming the variable.
+    fn resolve(self, field: &str, env: &Env<'_>) -> Result<String, ConfigError> {
+        let name = match self {
+            Secret::Inline(s) => return Ok(s),
+            Secret::Env(name) => name,
+        };
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(ConfigError::new(
+                format!("{field}.env"),
+                format!("`{name}` is not an environment variable name (letters, digits, `_`)"),
+            ));
+        }
+        match env(&name) {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            Some(_) => Err(ConfigError::new(
+                format!("{field}.env"),
+                format!("environment variable `{name}` is empty"),
+            )),
+            None => Err(ConfigError::new(
+                format!("{field}.env"),
+                format!(
+                    "environment variable `{name}` is not set (Envoy passes it to the filter with \
+                     vm_config.environment_variables.host_env_keys)"
+                ),
+            )),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
@@ -158,7 +229,7 @@ struct RawApp {
     #[serde(default)]
     client_id: Option<String>,
     #[serde(default)]
-    client_secret: Option<String>,
+    client_secret: Option<Secret>,
     #[serde(default)]
     client_auth: Option<ClientAuth>,
     #[serde(default)]
@@ -190,7 +261,7 @@ struct RawApp {
     #[serde(default)]
     cookie: Option<RawCookie>,
     #[serde(default)]
-    sealing_keys: Vec<String>,
+    sealing_keys: Vec<Secret>,
     #[serde(default)]
     claim_headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
@@ -382,7 +453,7 @@ fn url(field: &str, value: &str) -> Result<HttpUrl, ConfigError> {
 }
 
 impl RawApp {
-    fn validate(self) -> Result<AppConfig, ConfigError> {
+    fn validate(mut self, env: &Env<'_>) -> Result<AppConfig, ConfigError> {
         if !crate::app::is_app_id(&self.id) {
             return Err(ConfigError::new(
                 "id",
@@ -431,7 +502,12 @@ impl RawApp {
         url("issuer", &issuer)?;
         let client_id = non_empty("client_id", self.client_id)?;
         let cluster = non_empty("cluster", self.cluster)?;
-        let client_auth = match (self.client_auth, &self.client_secret) {
+        let client_secret = self
+            .client_secret
+            .take()
+            .map(|s| s.resolve("client_secret", env))
+            .transpose()?;
+        let client_auth = match (self.client_auth, &client_secret) {
             (Some(ClientAuth::None), Some(_)) => {
                 return Err(ConfigError::new(
                     "client_secret",
@@ -623,9 +699,13 @@ impl RawApp {
             ));
         }
         let mut keys = Vec::new();
-        for (i, k) in self.sealing_keys.iter().enumerate() {
+        for (i, k) in std::mem::take(&mut self.sealing_keys)
+            .into_iter()
+            .enumerate()
+        {
             let field = format!("sealing_keys[{i}]");
-            let key = decode_key(k)
+            let k = k.resolve(&field, env)?;
+            let key = decode_key(&k)
                 .ok_or_else(|| ConfigError::new(&field, "must be base64 of exactly 32 bytes"))?;
             if keys.contains(&key) {
                 return Err(ConfigError::new(field, "repeats an earlier key"));
@@ -712,7 +792,7 @@ impl RawApp {
             oidc: Some(OidcSettings {
                 issuer,
                 client_id,
-                client_secret: self.client_secret,
+                client_secret,
                 client_auth,
                 cluster,
                 endpoints,
@@ -833,8 +913,16 @@ fn assertion_signer(
 }
 
 impl PreauthConfig {
-    /// Parses and validates the plugin configuration.
+    /// Parses and validates the plugin configuration; secrets given as
+    /// `{"env": "NAME"}` are read from the process environment (in Envoy, the
+    /// variables `vm_config.environment_variables` gives the module).
     pub fn from_json(bytes: &[u8]) -> Result<PreauthConfig, ConfigError> {
+        Self::from_json_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// [`PreauthConfig::from_json`] with the environment given: `env(NAME)`
+    /// is the value of variable `NAME`, `None` when it is unset.
+    pub fn from_json_with_env(bytes: &[u8], env: &Env<'_>) -> Result<PreauthConfig, ConfigError> {
         let raw: RawConfig = parse_json(bytes)?;
         if raw.apps.is_empty() {
             return Err(ConfigError::new("apps", "must list at least one app"));
@@ -842,7 +930,7 @@ impl PreauthConfig {
         let mut apps: Vec<AppConfig> = Vec::new();
         for (i, app) in raw.apps.into_iter().enumerate() {
             let prefix = format!("apps[{i}]");
-            let app = app.validate().map_err(|e| e.within(&prefix))?;
+            let app = app.validate(env).map_err(|e| e.within(&prefix))?;
             for h in &app.hosts {
                 if apps.iter().any(|a| a.hosts.contains(h)) {
                     return Err(ConfigError::new(
@@ -913,6 +1001,70 @@ pub(crate) mod tests {
             "client_id":"portcullis","client_secret":"s3cret","cluster":"idp",
             "sealing_keys":["{KEY_B64}"]}}]}}"#
         )
+    }
+
+    /// The minimal configuration with its secret and key read from the environment.
+    fn from_env(secret: &str, key: &str) -> String {
+        minimal()
+            .replace(r#""s3cret""#, secret)
+            .replace(&format!(r#""{KEY_B64}""#), key)
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_the_config_names_the_variable() {
+        let json = from_env(
+            r#"{"env": "PORTCULLIS_CLIENT_SECRET"}"#,
+            r#"{"env": "PORTCULLIS_SEALING_KEY"}"#,
+        );
+        let env = |name: &str| match name {
+            "PORTCULLIS_CLIENT_SECRET" => Some("from-env".to_string()),
+            "PORTCULLIS_SEALING_KEY" => Some(KEY_B64.to_string()),
+            _ => None,
+        };
+        let c = PreauthConfig::from_json_with_env(json.as_bytes(), &env).unwrap();
+        let o = c.apps[0].oidc.as_ref().unwrap();
+        assert_eq!(o.client_secret.as_deref(), Some("from-env"));
+        assert_eq!(o.client_auth, ClientAuth::ClientSecretBasic);
+        // The key from the environment seals what the inline key opens.
+        let inline = PreauthConfig::from_json(minimal().as_bytes()).unwrap();
+        let sealed = o
+            .sealer
+            .seal("c", "hr", b"payload", [7; crate::seal::SEAL_RANDOM_LEN])
+            .unwrap();
+        let opened = inline.apps[0]
+            .oidc
+            .as_ref()
+            .unwrap()
+            .sealer
+            .open("c", "hr", &sealed);
+        assert_eq!(opened.unwrap(), b"payload");
+
+        // Unset, empty, or not a variable name: refused, naming the field and the variable.
+        let unset = |_: &str| None;
+        let e = PreauthConfig::from_json_with_env(json.as_bytes(), &unset).unwrap_err();
+        assert_eq!(e.field, "apps[0].client_secret.env");
+        assert!(
+            e.message.contains("`PORTCULLIS_CLIENT_SECRET` is not set"),
+            "{e}"
+        );
+        let only_secret = |n: &str| (n == "PORTCULLIS_CLIENT_SECRET").then(|| "x".to_string());
+        let e = PreauthConfig::from_json_with_env(json.as_bytes(), &only_secret).unwrap_err();
+        assert_eq!(e.field, "apps[0].sealing_keys[0].env");
+        assert!(e.message.contains("`PORTCULLIS_SEALING_KEY`"), "{e}");
+        let empty = |_: &str| Some("  ".to_string());
+        let e = PreauthConfig::from_json_with_env(json.as_bytes(), &empty).unwrap_err();
+        assert!(e.message.contains("is empty"), "{e}");
+        let wrong_key = |_: &str| Some("c2hvcnQ=".to_string());
+        let e = PreauthConfig::from_json_with_env(json.as_bytes(), &wrong_key).unwrap_err();
+        assert_eq!(e.field, "apps[0].sealing_keys[0]");
+        let bad_name = from_env(r#"{"env": "NOT A NAME"}"#, &format!(r#""{KEY_B64}""#));
+        let e = PreauthConfig::from_json_with_env(bad_name.as_bytes(), &env).unwrap_err();
+        assert_eq!(e.field, "apps[0].client_secret.env");
+        for other in [r#"{"env": "A", "file": "b"}"#, r#"{"file": "b"}"#, "42"] {
+            let json = from_env(other, &format!(r#""{KEY_B64}""#));
+            let e = PreauthConfig::from_json_with_env(json.as_bytes(), &env).unwrap_err();
+            assert_eq!(e.field, "apps[0].client_secret", "{other}: {e}");
+        }
     }
 
     #[test]
