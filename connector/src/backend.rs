@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{empty, BoxBody};
 use crate::config::AppSettings;
-use crate::denial::Denial;
+use crate::denial::{Code, Denial};
 use crate::pki::{self, PinnedVerifier, PIN_MISMATCH};
 
 /// Why a backend request failed.
@@ -59,15 +59,15 @@ pub enum BackendError {
 impl BackendError {
     /// The gateway error the client sees.
     pub fn denial(&self, app: &str) -> Denial {
-        let (status, code) = match self {
-            BackendError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "backend_unreachable"),
-            BackendError::PinMismatch => (StatusCode::BAD_GATEWAY, "backend_pin_mismatch"),
-            BackendError::Untrusted(_) => (StatusCode::BAD_GATEWAY, "backend_tls_untrusted"),
-            BackendError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
-            BackendError::Protocol(_) => (StatusCode::BAD_GATEWAY, "backend_error"),
-            BackendError::Settings(_) => (StatusCode::BAD_GATEWAY, "backend_misconfigured"),
+        let code = match self {
+            BackendError::Unreachable(_) => Code::BackendUnreachable,
+            BackendError::PinMismatch => Code::BackendPinMismatch,
+            BackendError::Untrusted(_) => Code::BackendTlsUntrusted,
+            BackendError::Timeout(_) => Code::BackendTimeout,
+            BackendError::Protocol(_) => Code::BackendError,
+            BackendError::Settings(_) => Code::BackendMisconfigured,
         };
-        Denial::new(status, code, format!("App `{app}`: {self}."))
+        Denial::explained(code, format!("App `{app}`: {self}."))
     }
 }
 

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::backend::Backend;
 use crate::body::{boxed, empty, full, BoxBody, OnDrop, Tracked};
 use crate::config::{ConnectorConfigFile, ConnectorSettings};
-use crate::denial::Denial;
+use crate::denial::{Code, Denial, IntoResponse};
 use crate::forwarding;
 use crate::liveness::{Liveness, Watched};
 use crate::metrics::Metrics;
@@ -1146,9 +1146,8 @@ async fn handle(
     }
     let Some(backend) = backend else {
         state.metrics.error("app_unknown");
-        return Denial::new(
-            StatusCode::NOT_FOUND,
-            "app_unknown",
+        return Denial::explained(
+            Code::AppUnknown,
             format!("The connector does not serve app `{app_name}`."),
         )
         .into_response(req.headers(), &rid);
@@ -1210,12 +1209,8 @@ async fn handle(
     match backend.backend_path(pq).parse() {
         Ok(u) => *up.uri_mut() = u,
         Err(_) => {
-            return Denial::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "The request path is not valid.",
-            )
-            .into_response(&client_headers, &rid)
+            return Denial::explained(Code::BadRequest, "The request path is not valid.")
+                .into_response(&client_headers, &rid)
         }
     }
     state.metrics.streams_active.fetch_add(1, Ordering::Relaxed);
@@ -1238,8 +1233,8 @@ async fn handle(
         }
         Err(e) => {
             let denial = e.denial(&backend.app.name);
-            warn!(app = %backend.app.name, request_id = %rid, code = %denial.code, "backend failed: {e}");
-            state.metrics.error(&denial.code);
+            warn!(app = %backend.app.name, request_id = %rid, code = %denial.public_code(), "backend failed: {e}");
+            state.metrics.error(denial.code());
             denial.into_response(&client_headers, &rid)
         }
     }

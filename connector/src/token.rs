@@ -12,18 +12,19 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use crate::config::AdminConfig;
+use crate::denial::Code;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct TokenRefusal {
     /// Stable code, e.g. `token_expired`, `token_invalid_signature`, `tenant_mismatch`, `not_admin`.
-    pub code: &'static str,
+    pub code: Code,
     /// Reason for humans.
     pub message: String,
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> TokenRefusal {
+fn refuse(code: Code, message: impl Into<String>) -> TokenRefusal {
     TokenRefusal {
         code,
         message: message.into(),
@@ -101,24 +102,29 @@ impl AdminTokenVerifier {
         let bytes = if let Some(path) = &self.rules.jwks_file {
             tokio::fs::read(path).await.map_err(|e| {
                 refuse(
-                    "jwks_unavailable",
+                    Code::JwksUnavailable,
                     format!("cannot read JWKS file {}: {e}", path.display()),
                 )
             })?
         } else if let Some(url) = &self.rules.jwks_url {
             crate::backend::fetch_url(url, self.rules.jwks_ca_file.as_deref())
                 .await
-                .map_err(|e| refuse("jwks_unavailable", format!("cannot fetch JWKS {url}: {e}")))?
+                .map_err(|e| {
+                    refuse(
+                        Code::JwksUnavailable,
+                        format!("cannot fetch JWKS {url}: {e}"),
+                    )
+                })?
         } else {
-            return Err(refuse("jwks_unavailable", "no JWKS configured"));
+            return Err(refuse(Code::JwksUnavailable, "no JWKS configured"));
         };
         let doc: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| refuse("jwks_unavailable", format!("JWKS is not JSON: {e}")))?;
+            .map_err(|e| refuse(Code::JwksUnavailable, format!("JWKS is not JSON: {e}")))?;
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
             .cloned()
-            .ok_or_else(|| refuse("jwks_unavailable", "JWKS has no `keys` array"))?;
+            .ok_or_else(|| refuse(Code::JwksUnavailable, "JWKS has no `keys` array"))?;
         Ok(keys)
     }
 
@@ -153,7 +159,7 @@ impl AdminTokenVerifier {
             }
         }
         Err(refuse(
-            "token_invalid_signature",
+            Code::TokenInvalidSignature,
             format!("no key in the provider's JWKS for kid {kid:?} and alg {alg}"),
         ))
     }
@@ -161,11 +167,11 @@ impl AdminTokenVerifier {
     /// Checks `token`; `Ok` only when every rule holds.
     pub async fn verify(&self, token: &str) -> Result<AdminClaims, TokenRefusal> {
         let meta = Token::decode_metadata(token)
-            .map_err(|_| refuse("token_malformed", "the token is not a JWT"))?;
+            .map_err(|_| refuse(Code::TokenMalformed, "the token is not a JWT"))?;
         let alg = meta.algorithm().to_string();
         if !ALGORITHMS.contains(&alg.as_str()) {
             return Err(refuse(
-                "token_algorithm_refused",
+                Code::TokenAlgorithmRefused,
                 format!("algorithm {alg} is not allowed"),
             ));
         }
@@ -179,7 +185,7 @@ impl AdminTokenVerifier {
             ..Default::default()
         };
         let bad_key =
-            |e: jwt_simple::Error| refuse("jwks_unavailable", format!("JWKS key unusable: {e}"));
+            |e: jwt_simple::Error| refuse(Code::JwksUnavailable, format!("JWKS key unusable: {e}"));
         macro_rules! check {
             ($t:ty) => {
                 <$t>::from_jwk(&jwk)
@@ -199,30 +205,30 @@ impl AdminTokenVerifier {
             _ => check!(Ed25519PublicKey),
         };
         let claims = verified.map_err(|e| match e.downcast_ref::<JWTError>() {
-            Some(JWTError::TokenHasExpired) => refuse("token_expired", "the token has expired"),
+            Some(JWTError::TokenHasExpired) => refuse(Code::TokenExpired, "the token has expired"),
             Some(JWTError::TokenNotValidYet) => {
-                refuse("token_not_yet_valid", "the token is not valid yet")
+                refuse(Code::TokenNotYetValid, "the token is not valid yet")
             }
             Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => {
                 refuse(
-                    "audience_mismatch",
+                    Code::AudienceMismatch,
                     format!("the token is not for audience {}", r.audience),
                 )
             }
             Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => {
                 refuse(
-                    "issuer_mismatch",
+                    Code::IssuerMismatch,
                     format!("the token was not issued by {}", r.issuer),
                 )
             }
             Some(JWTError::InvalidSignature) => refuse(
-                "token_invalid_signature",
+                Code::TokenInvalidSignature,
                 "the token's signature does not verify",
             ),
-            _ => refuse("token_invalid", format!("the token was refused: {e}")),
+            _ => refuse(Code::TokenInvalid, format!("the token was refused: {e}")),
         })?;
         let Some(expires_at) = claims.expires_at else {
-            return Err(refuse("token_invalid", "the token has no expiry (exp)"));
+            return Err(refuse(Code::TokenInvalid, "the token has no expiry (exp)"));
         };
         let custom = &claims.custom;
         let tenant = custom
@@ -232,7 +238,7 @@ impl AdminTokenVerifier {
         if let Some(want) = &r.tenant {
             if tenant.as_deref() != Some(want.as_str()) {
                 return Err(refuse(
-                    "tenant_mismatch",
+                    Code::TenantMismatch,
                     format!(
                         "the token is for tenant {:?}, not {want}",
                         tenant.unwrap_or_default()
@@ -254,7 +260,7 @@ impl AdminTokenVerifier {
         };
         if !holds(&r.roles_claim, &r.admin_roles) && !holds(&r.groups_claim, &r.admin_groups) {
             return Err(refuse(
-                "not_admin",
+                Code::NotAdmin,
                 "the token's holder has none of the configured admin roles or groups",
             ));
         }

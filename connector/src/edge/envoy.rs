@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::{accept_loop, EdgeError, EdgeState};
 use crate::body::{boxed, empty, BoxBody, OnDrop, Tracked};
-use crate::denial::Denial;
+use crate::denial::{Code, Denial, IntoResponse};
 use crate::forwarding;
 use crate::pki::{self, EdgeCa};
 use crate::shutdown::Shutdown;
@@ -249,7 +249,7 @@ async fn forward(
     let rid = forwarding::request_id(req.headers(), trusted);
     state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
     let deny = |state: &EdgeState, headers: &HeaderMap, d: Denial| {
-        state.metrics.error(&d.code);
+        state.metrics.error(d.code());
         d.into_response(headers, &rid)
     };
     let app_name = req
@@ -258,19 +258,14 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some(app_name) = app_name else {
-        let d = Denial::new(
-            StatusCode::NOT_FOUND,
-            "app_unknown",
+        let d = Denial::explained(
+            Code::AppUnknown,
             format!("No `{}` header names the app.", dynamic.app_header),
         );
         return deny(&state, req.headers(), d);
     };
     let Some(app) = dynamic.apps.get(&app_name) else {
-        let d = Denial::new(
-            StatusCode::NOT_FOUND,
-            "app_unknown",
-            format!("No published app `{app_name}`."),
-        );
+        let d = Denial::explained(Code::AppUnknown, format!("No published app `{app_name}`."));
         return deny(&state, req.headers(), d);
     };
     let (mut parts, body) = req.into_parts();
@@ -296,9 +291,8 @@ async fn forward(
         }
         (crate::identity::Verdict::Anonymous(why), Some(rules)) if rules.required() => {
             debug!(app = %app_name, why, "request without a valid assertion refused");
-            let d = Denial::new(
-                StatusCode::UNAUTHORIZED,
-                "assertion_required",
+            let d = Denial::explained(
+                Code::AssertionRequired,
                 format!(
                     "App `{app_name}` takes only requests with a valid identity assertion ({why})."
                 ),
@@ -322,11 +316,7 @@ async fn forward(
     let uri: Uri = match format!("http://{host}{pq}").parse() {
         Ok(u) => u,
         Err(_) => {
-            let d = Denial::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "The request's Host is not valid.",
-            );
+            let d = Denial::explained(Code::BadRequest, "The request's Host is not valid.");
             return deny(&state, &client_headers, d);
         }
     };
@@ -416,9 +406,8 @@ async fn forward(
                     avoid.push(picked.connector.clone());
                     continue;
                 }
-                let d = Denial::new(
-                    StatusCode::BAD_GATEWAY,
-                    "connector_unavailable",
+                let d = Denial::explained(
+                    Code::ConnectorUnavailable,
                     format!(
                         "The tunnel to the connector of app `{app_name}` failed: {}.",
                         e.error()
@@ -432,9 +421,8 @@ async fn forward(
         state.metrics.error("backend_unreachable");
         return r;
     }
-    let d = Denial::new(
-        StatusCode::BAD_GATEWAY,
-        "connector_unavailable",
+    let d = Denial::explained(
+        Code::ConnectorUnavailable,
         format!("No connector of group `{group}` is connected for app `{app_name}`."),
     );
     deny(&state, &client_headers, d)

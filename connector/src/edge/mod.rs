@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::body::BoxBody;
 use crate::config::{EdgeConfigFile, EdgeDynamic, EdgeSettings, LimitsConfig};
-use crate::denial::api_error;
+use crate::denial::{api_error, Code};
 use crate::limits::{ConnLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::pki::{self, EdgeCa, PkiError};
@@ -537,7 +537,7 @@ pub(crate) async fn serve_metrics(metrics: Arc<Metrics>, tcp: TcpStream) {
                 );
                 r
             } else {
-                api_error(StatusCode::NOT_FOUND, "not_found", "only /metrics here")
+                api_error(StatusCode::NOT_FOUND, Code::NotFound, "only /metrics here")
             };
             Ok::<_, Infallible>(resp)
         }
@@ -557,7 +557,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|_| {
             api_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_request",
+                Code::BadRequest,
                 "body too large or unreadable",
             )
         })?
@@ -570,7 +570,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| {
         api_error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            Code::BadRequest,
             &format!("invalid JSON body: {e}"),
         )
     })

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use super::tunnels::{admit_pending, pending_gauge};
 use super::{read_json, EdgeState};
 use crate::body::{BoxBody, OnDrop};
-use crate::denial::{api_error, json_response};
+use crate::denial::{api_error, json_response, Code};
 use crate::registry::{unix_now, ConnectorRecord};
 use crate::token::{AdminClaims, TokenRefusal};
 use crate::wire::{ConnectorList, RegisterRequest, RegisterResponse, RevokeRequest};
@@ -78,7 +78,7 @@ async fn handle(
         state.metrics.registration("rate_limited");
         let mut r = api_error(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            Code::RateLimited,
             "too many requests from this address; try again later",
         );
         r.headers_mut()
@@ -90,7 +90,7 @@ async fn handle(
         state.metrics.registration("registration_busy");
         let mut r = api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "registration_busy",
+            Code::RegistrationBusy,
             "the edge is handling too many registrations; try again shortly",
         );
         r.headers_mut()
@@ -121,12 +121,12 @@ async fn handle(
             }
             (_, "/v1/register" | "/v1/connectors") => api_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                Code::MethodNotAllowed,
                 "POST /v1/register, GET /v1/connectors",
             ),
             _ => api_error(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                Code::NotFound,
                 "POST /v1/register, GET /v1/connectors, POST /v1/connectors/<id>/revoke",
             ),
         }
@@ -135,7 +135,7 @@ async fn handle(
         Ok(r) => r,
         Err(_) => api_error(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            Code::RequestTimeout,
             "the request did not arrive in time",
         ),
     }
@@ -154,8 +154,8 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 
 fn refusal_response(refusal: &TokenRefusal) -> Response<BoxBody> {
     let status = match refusal.code {
-        "not_admin" | "tenant_mismatch" | "token_used" => StatusCode::FORBIDDEN,
-        "jwks_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        Code::NotAdmin | Code::TenantMismatch | Code::TokenUsed => StatusCode::FORBIDDEN,
+        Code::JwksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
     api_error(status, refusal.code, &refusal.message)
@@ -171,7 +171,7 @@ async fn admin(
         state.metrics.registration("token_missing");
         return Err(api_error(
             StatusCode::UNAUTHORIZED,
-            "token_missing",
+            Code::TokenMissing,
             "send the admin token as `Authorization: Bearer <token>`",
         ));
     };
@@ -179,10 +179,10 @@ async fn admin(
         Ok(a) => Ok((token, a)),
         Err(refusal) => {
             warn!(
-                code = refusal.code,
+                code = refusal.code.as_str(),
                 what, "admin token refused: {}", refusal.message
             );
-            state.metrics.registration(refusal.code);
+            state.metrics.registration(refusal.code.as_str());
             Err(refusal_response(&refusal))
         }
     }
@@ -193,7 +193,7 @@ fn store_unavailable(state: &EdgeState, e: crate::store::StoreError) -> Response
     state.metrics.error("store_unavailable");
     api_error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        Code::StoreUnavailable,
         "the edge cannot reach its shared store; try again later",
     )
 }
@@ -222,7 +222,7 @@ async fn register(state: &Arc<EdgeState>, req: Request<Incoming>) -> Response<Bo
         state.metrics.registration("unknown_group");
         return api_error(
             StatusCode::BAD_REQUEST,
-            "unknown_group",
+            Code::UnknownGroup,
             &format!("no connector group `{group}`"),
         );
     }
@@ -239,7 +239,7 @@ async fn register(state: &Arc<EdgeState>, req: Request<Incoming>) -> Response<Bo
         Ok(c) => c,
         Err(e) => {
             state.metrics.registration("bad_csr");
-            return api_error(StatusCode::BAD_REQUEST, "bad_csr", &e.to_string());
+            return api_error(StatusCode::BAD_REQUEST, Code::BadCsr, &e.to_string());
         }
     };
     // Count the use only for a registration that would otherwise succeed.
@@ -258,7 +258,7 @@ async fn register(state: &Arc<EdgeState>, req: Request<Incoming>) -> Response<Bo
             state.metrics.registration("token_used");
             return api_error(
                 StatusCode::FORBIDDEN,
-                "token_used",
+                Code::TokenUsed,
                 &format!(
                     "this admin token has registered {quota} connector(s), its limit \
                      (registrations_per_token); get a new token"
@@ -328,7 +328,11 @@ async fn revoke(state: &Arc<EdgeState>, id: String, req: Request<Incoming>) -> R
         Err(r) => return r,
     };
     if !valid_connector_id(&id) {
-        return api_error(StatusCode::BAD_REQUEST, "bad_request", "not a connector id");
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            Code::BadRequest,
+            "not a connector id",
+        );
     }
     let body: RevokeRequest = match read_json(req).await {
         Ok(b) => b,

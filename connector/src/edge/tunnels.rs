@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::{read_json, EdgeState};
 use crate::body::{BoxBody, OnDrop};
-use crate::denial::{api_error, json_response};
+use crate::denial::{api_error, json_response, Code};
 use crate::limits::Refused;
 use crate::liveness::Watched;
 use crate::pki::ConnectorIdentity;
@@ -273,7 +273,7 @@ fn revoked_answer(state: &EdgeState, id: &str) -> Response<BoxBody> {
     state.metrics.error("connector_revoked");
     api_error(
         StatusCode::FORBIDDEN,
-        "connector_revoked",
+        Code::ConnectorRevoked,
         &format!("connector {id} was revoked; register a new one"),
     )
 }
@@ -314,7 +314,7 @@ async fn connector_api(
         (Method::POST, "/v1/renew") => renew(state, identity, req).await,
         _ => api_error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            Code::NotFound,
             "GET /v1/config or POST /v1/renew",
         ),
     }
@@ -333,7 +333,7 @@ async fn renew(
         warn!(connector_id = %identity.id, "renewal: store: {e}");
         api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            Code::StoreUnavailable,
             "the edge cannot reach its shared store; try again later",
         )
     };
@@ -368,7 +368,7 @@ async fn renew(
         state.metrics.error("identity_expired");
         return api_error(
             StatusCode::FORBIDDEN,
-            "identity_expired",
+            Code::IdentityExpired,
             &format!(
                 "connector {} reached the end of its identity (connector_max_lifetime_days); \
                  register it again",
@@ -384,7 +384,7 @@ async fn renew(
         SystemTime::now(),
     ) {
         Ok(c) => c,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_csr", &e.to_string()),
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, Code::BadCsr, &e.to_string()),
     };
     let serial = crate::pki::parse_certs_pem(&cert)
         .ok()

@@ -22,7 +22,7 @@
 //! an app that a filter does not know, or a value that is not an app id, is
 //! refused ([`route_app_unknown`]), never passed.
 
-use crate::denial::Denial;
+use crate::denial::{Code, Denial};
 
 /// The proxy-wasm property path of the app id in the route's metadata.
 pub const ROUTE_APP_PROPERTY: [&str; 5] = [
@@ -161,23 +161,13 @@ pub fn choose<T: Copy>(
 /// The denial for a route that names an app the filter does not know
 /// (`route_app_unknown`, 500: the proxy's configuration is wrong).
 pub fn route_app_unknown() -> Denial {
-    Denial::Other {
-        status: 500,
-        code: "route_app_unknown".into(),
-        sentence: "The route names an application that this proxy is not configured for.".into(),
-    }
+    Denial::from(Code::RouteAppUnknown)
 }
 
 /// The denial for a handed-over identity of another app than the one the
 /// request goes to (`app_mismatch`, 500: the proxy's filters disagree).
 pub fn app_mismatch() -> Denial {
-    Denial::Other {
-        status: 500,
-        code: "app_mismatch".into(),
-        sentence:
-            "The session was checked for another application than the one this request goes to."
-                .into(),
-    }
+    Denial::from(Code::AppMismatch)
 }
 
 #[cfg(test)]

@@ -181,7 +181,7 @@ fn id_tokens_refuse_every_attack() {
     rows::check_table("ID token", &rows, &expect, |t| {
         match validate_token(t, &keys, &checks) {
             Ok(_) => "ok".into(),
-            Err(e) => e.denial().code(),
+            Err(e) => e.denial().code().to_string(),
         }
     });
 }

@@ -28,7 +28,7 @@ mod preauth;
 
 use portcullis_core::cookies::stage as cookie_stage;
 use portcullis_core::cookies::{BodyRewriter, CookieFilterConfig};
-use portcullis_core::denial::Denial;
+use portcullis_core::denial::{Code, Denial};
 use portcullis_core::oidc::handoff::{self, Handoff};
 use portcullis_core::pipeline::{PipelineConfig, RequestHead, StageKind};
 use portcullis_core::policy::stage::{self as ca_stage, CaResult, HandedOver};
@@ -341,11 +341,7 @@ impl Pipeline {
 
 /// The denial of a sign-in whose token exchange was in flight when the configuration changed.
 fn reconfigured() -> Denial {
-    Denial::Other {
-        status: 503,
-        code: "sign_in_interrupted".into(),
-        sentence: "The proxy's configuration changed during the sign-in. Start again.".into(),
-    }
+    Denial::from(Code::SignInInterrupted)
 }
 
 /// Per-stream state the stages keep between callbacks.

@@ -10,7 +10,7 @@
 
 use crate::host::{self, now_ms};
 use portcullis_core::app::{Chosen, RouteApp};
-use portcullis_core::denial::Denial;
+use portcullis_core::denial::{Code, Denial};
 use portcullis_core::oidc::config::{Endpoints, PreauthConfig, ProviderMetadata};
 use portcullis_core::oidc::handoff::{Handoff, HANDOFF_VERSION};
 use portcullis_core::oidc::jwks::{parse_discovery, KeySet};
@@ -640,11 +640,7 @@ fn deny(denial: Denial, request_id: &str, accept: Option<&str>) -> Response {
 }
 
 fn internal_error(sentence: &str) -> Denial {
-    Denial::Other {
-        status: 500,
-        code: "internal_error".into(),
-        sentence: sentence.into(),
-    }
+    Denial::explained(Code::InternalError, sentence)
 }
 
 /// Decides the request of stream `context_id` (the effective context).

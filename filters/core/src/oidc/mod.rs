@@ -15,7 +15,7 @@ pub mod url;
 
 use crate::app::{self, Chosen, RouteApp};
 use crate::assertion::{ASSERTION_HEADER, JWKS_CACHE_CONTROL, JWKS_PATH};
-use crate::denial::{Denial, DenialResponse, Format};
+use crate::denial::{Code, Denial, DenialResponse, Format};
 use crate::forwarded;
 use crate::identity::Identity;
 use crate::redirect;
@@ -189,7 +189,7 @@ impl RequestView<'_> {
 
     /// The denial format for this client.
     pub fn format(&self) -> Format {
-        Format::from_accept(self.header("accept"))
+        Format::negotiate(self.header("accept"))
     }
 
     /// True for page navigations: `Accept` names `text/html` and no `X-Requested-With`.
@@ -284,14 +284,7 @@ pub fn on_request(
                     app_id: None,
                 };
             }
-            return deny(
-                Denial::Other {
-                    status: 404,
-                    code: "unknown_host".into(),
-                    sentence: "No application is published on this host name.".into(),
-                },
-                req,
-            );
+            return deny(Denial::from(Code::UnknownHost), req);
         }
     };
     // select_app returns indexes into config.apps; fail closed all the same.
@@ -339,11 +332,7 @@ pub fn on_request(
     }
     if path.key().starts_with("/.auth/") {
         return deny(
-            Denial::Other {
-                status: 404,
-                code: "not_found".into(),
-                sentence: "There is no such sign-in page.".into(),
-            },
+            Denial::explained(Code::NotFound, "There is no such sign-in page."),
             req,
         );
     }
@@ -759,11 +748,10 @@ pub fn finish_login(
     let sealed = match session::seal_session(&app.id, settings, &identity, nonce) {
         Ok(v) => v,
         Err(e) => {
-            return fail(Denial::Other {
-                status: 500,
-                code: "session_too_large".into(),
-                sentence: format!("The session cannot be stored in a cookie ({e})."),
-            })
+            return fail(Denial::explained(
+                Code::SessionTooLarge,
+                format!("The session cannot be stored in a cookie ({e})."),
+            ))
         }
     };
     let max_age = settings

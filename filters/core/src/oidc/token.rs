@@ -214,7 +214,7 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenError::UnknownKey(Some(kid)) => write!(f, "unknown_key (kid `{kid}`)"),
-            other => f.write_str(&other.denial().code()),
+            other => f.write_str(other.denial().code()),
         }
     }
 }

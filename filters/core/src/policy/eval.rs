@@ -29,7 +29,7 @@ use super::config::{
     ClientType, Grant, Location, LocationSet, Operator, Platform, Policy, PolicyConfig,
     PolicyState, Principals, RiskLevel,
 };
-use crate::denial::Denial;
+use crate::denial::{Code, Denial};
 use crate::identity::Identity;
 use crate::path::{CanonicalPath, PathRefusal};
 use std::fmt;
@@ -860,10 +860,18 @@ impl Decision<'_> {
             sentence.push(')');
         }
         sentence.push('.');
-        Some(Denial::Other {
-            status: 403,
-            code: code.code(),
-            sentence,
+        let (code, detail) = match code {
+            DenyCode::PolicyBlocked(n) => (Code::PolicyBlocked, Some(n.to_string())),
+            DenyCode::LocationBlocked => (Code::LocationBlocked, None),
+            DenyCode::RiskTooHigh => (Code::RiskTooHigh, None),
+            DenyCode::MfaRequired => (Code::MfaRequired, None),
+            DenyCode::NotAssigned => (Code::NotAssigned, None),
+            DenyCode::AmbiguousPath(_) => (Code::AmbiguousPath, None),
+        };
+        Some(Denial::Explained {
+            code,
+            detail,
+            sentence: Some(sentence),
         })
     }
 }

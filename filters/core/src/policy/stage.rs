@@ -10,7 +10,7 @@ use super::eval::{cookie_value, is_browser};
 use super::log::decision_log;
 use super::{evaluate, Decision, PolicyConfig, Request, StepUpMarker};
 use crate::app;
-use crate::denial::Denial;
+use crate::denial::{Code, Denial};
 use crate::oidc::handoff::{Handoff, HandoffError};
 use crate::pipeline::{LogLevel, LogLine, Reply, RequestHead};
 
@@ -122,11 +122,7 @@ pub fn on_request(
         HandedOver::Identity(h) => Some(h),
         HandedOver::Invalid(e) => {
             let mut plan = deny(
-                &Denial::Other {
-                    status: 500,
-                    code: "identity_handoff_invalid".into(),
-                    sentence: "The proxy could not read the signed-in identity.".into(),
-                },
+                &Denial::from(Code::IdentityHandoffInvalid),
                 "",
                 vec![LogLine::new(
                     LogLevel::Error,
@@ -167,7 +163,7 @@ pub fn on_request(
                 LogLevel::Warn,
                 format!(
                     "{prefix}: [{request_id}] refused with {}: {why}",
-                    denial.code()
+                    denial.public_code()
                 ),
             );
             return deny(&denial, "", vec![line]);
@@ -196,15 +192,7 @@ pub fn on_request(
                 LogLevel::Warn,
                 format!("{prefix}: [{request_id}] {e}"),
             ));
-            return deny(
-                &Denial::Other {
-                    status: 400,
-                    code: "client_address_invalid".into(),
-                    sentence: "The client address could not be determined.".into(),
-                },
-                app,
-                logs,
-            );
+            return deny(&Denial::from(Code::ClientAddressInvalid), app, logs);
         }
     };
     let country = config
